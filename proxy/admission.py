@@ -1,0 +1,60 @@
+"""The seam between the pass-through relay and the fit gate.
+
+The relay streams everything it is not asked about. For the few routes an ``Admission`` inspects
+(the calls that can load or download a model) it reads the JSON body, asks ``admit``, and then
+either forwards the body it is given (possibly rewritten) or answers the client itself. Keeping
+this a small protocol lets the relay be tested without the gate and the gate without sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    method: str
+    path: str  # request path without the query string
+    headers: Mapping[str, str]
+    body: bytes  # the complete request body as the client sent it
+    client: str  # who asked: the remote address (or a user header when one is configured)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Send ``body`` upstream in place of the client's body."""
+
+    body: bytes
+    response_headers: Mapping[str, str] = field(default_factory=dict)  # added for the client
+    # Called exactly once when the upstream answered (its status) or failed (0): the load is
+    # over either way. Must not block; spawn a task for anything slow.
+    on_response: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
+class Respond:
+    """Answer the client directly; nothing reaches the upstream."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=lambda: {"Content-Type": "application/json; charset=utf-8"})
+
+
+class Admission(Protocol):
+    def inspects(self, method: str, path: str) -> bool:
+        """True for the routes whose body ``admit`` must see. Called on every request: keep it cheap."""
+        ...
+
+    async def admit(self, request: AdmissionRequest) -> Forward | Respond: ...
+
+
+class PassThrough:
+    """The admission used when nothing is gated: inspects nothing."""
+
+    def inspects(self, method: str, path: str) -> bool:
+        return False
+
+    async def admit(self, request: AdmissionRequest) -> Forward | Respond:
+        return Forward(body=request.body)
