@@ -1,0 +1,120 @@
+"""What Ollama holds right now (``/api/ps``) and what vramgate knows about each holder.
+
+Ollama says which models are loaded and how big they are, but not with which options they were
+loaded nor whether a request is using them. vramgate adds both: the options it forwarded for each
+model it admitted (for sticky options and GPU placement), and how many of its own requests are in
+flight per model (a busy model is not evicted by Ollama, so its memory only frees up later). It
+also remembers how much bigger a real load was than predicted, to correct the next prediction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aiohttp
+import structlog
+
+log = structlog.get_logger("vramgate.residency")
+
+
+def model_key(name: str) -> str:
+    """'llama3.2' and 'llama3.2:latest' are the same model to Ollama."""
+    name = name.strip()
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else f"{name}:latest"
+
+
+@dataclass(frozen=True)
+class VramgateLoad:
+    """The options vramgate forwarded when it admitted a load, and where it expected it to go."""
+
+    num_ctx: int
+    num_gpu: int
+    per_gpu: tuple[tuple[int, int], ...]  # (gpu index, predicted bytes incl. CUDA context)
+    predicted_bytes: int  # llama.cpp buffers only, comparable with /api/ps size
+
+
+@dataclass(frozen=True)
+class Resident:
+    name: str  # model_key form
+    size: int
+    size_vram: int
+    context_length: int | None
+    expires_at: str | None = None
+    digest: str = ""
+    busy: bool = False
+    load: VramgateLoad | None = None  # None when loaded by someone else (or before vramgate started)
+
+    @property
+    def fully_on_gpu(self) -> bool:
+        return self.size_vram >= self.size > 0
+
+
+def parse_ps(data: object) -> list[dict]:
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        return []
+    return [m for m in data["models"] if isinstance(m, dict)]
+
+
+@dataclass
+class Residency:
+    """Mutable record kept by the gate; ``residents`` joins it with a fresh /api/ps."""
+
+    loads: dict[str, VramgateLoad] = field(default_factory=dict)
+    in_flight: Counter = field(default_factory=Counter)
+    corrections: dict[str, int] = field(default_factory=dict)  # model -> bytes above prediction
+
+    def begin(self, model: str) -> None:
+        self.in_flight[model_key(model)] += 1
+
+    def end(self, model: str) -> None:
+        key = model_key(model)
+        self.in_flight[key] -= 1
+        if self.in_flight[key] <= 0:
+            del self.in_flight[key]
+
+    def record_load(self, model: str, load: VramgateLoad) -> None:
+        self.loads[model_key(model)] = load
+
+    def observe(self, model: str, observed_bytes: int, predicted_bytes: int) -> None:
+        """Keep how much a real load exceeded the prediction (never lowers a prediction)."""
+        extra = max(0, observed_bytes - predicted_bytes)
+        key = model_key(model)
+        self.corrections[key] = max(self.corrections.get(key, 0), extra)
+
+    def correction(self, model: str) -> int:
+        return self.corrections.get(model_key(model), 0)
+
+    def join(self, ps_models: list[dict]) -> list[Resident]:
+        residents = []
+        present = set()
+        for m in ps_models:
+            name = model_key(str(m.get("model") or m.get("name") or ""))
+            present.add(name)
+            residents.append(
+                Resident(
+                    name=name,
+                    size=_int(m.get("size")),
+                    size_vram=_int(m.get("size_vram")),
+                    context_length=_int(m.get("context_length")) or None,
+                    expires_at=m.get("expires_at") if isinstance(m.get("expires_at"), str) else None,
+                    digest=str(m.get("digest") or ""),
+                    busy=self.in_flight.get(name, 0) > 0,
+                    load=self.loads.get(name),
+                )
+            )
+        for gone in set(self.loads) - present:  # unloaded since: its options no longer apply
+            del self.loads[gone]
+        return residents
+
+    async def fetch(self, session: aiohttp.ClientSession, upstream: str) -> list[Resident]:
+        """Raises ``aiohttp.ClientError``/``TimeoutError`` when Ollama cannot be asked."""
+        async with session.get(f"{upstream}/api/ps", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            resp.raise_for_status()
+            data = await resp.json(content_type=None)
+        return self.join(parse_ps(data))
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
