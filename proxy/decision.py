@@ -244,6 +244,8 @@ def decide(inp: Inputs) -> Decision:
     placed = place_at(ctx, budgets)
     need = need_at(ctx)
     if placed is not None:
+        if req.route == "openai":  # nothing can be carried: forward as it is
+            return Admit({}, True, "admitted", ctx, ctx, need, placed, evicts, budgets)
         return Admit(_forward_options(opts, ctx, model.layers), False, "admitted", ctx, ctx, need, placed, evicts, budgets)
 
     floor = min(ctx, policy.min_num_ctx)

@@ -1,0 +1,204 @@
+"""Turning a decision into what people and programs read: one paragraph, and the same numbers.
+
+A refused client sees ``{"error": "<paragraph>", "vramgate": {...}}`` (native API; the official
+clients show ``error`` first) or the OpenAI error shape on ``/v1``. The paragraph says what the
+model needs, what is free, who holds the rest, how slow it would be if allowed to spill, and what
+would fit. Pure functions of the decision.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from proxy.decision import Admit, GpuBudget, Holder, Refuse
+from proxy.units import format_bandwidth, format_bytes
+
+
+def _gib(n: int) -> str:
+    return format_bytes(n)
+
+
+def refusal_text(r: Refuse) -> str:
+    if r.need is None:
+        return _no_gpu_text(r)
+    need = r.need
+    parts = [
+        f"vramgate refused to load {r.model}: it needs {_gib(need.total)} of GPU memory at num_ctx {need.num_ctx}"
+        f" ({r.ctx_source}; weights {_gib(need.weights)}, KV cache {_gib(need.kv)} for {need.num_ctx} tokens"
+        f" x {need.parallel} slot{'s' if need.parallel != 1 else ''}, compute {_gib(need.compute)},"
+        f" other {_gib(need.other + need.cuda_context)} incl. the CUDA context)"
+    ]
+    parts.append(" but " + "; ".join(_gpu_text(b) for b in r.budgets) + ".")
+    held = _holders_text(r.holders)
+    if held:
+        parts.append(f" Held by: {held}.")
+    if r.spill_layers and r.tps_gpu and r.tps_spill:
+        parts.append(
+            f" Left to Ollama it would spill {r.spill_layers} layers to system RAM and run at about"
+            f" {r.tps_spill:.1f} tokens/s instead of {r.tps_gpu:.0f} tokens/s fully on the GPU."
+        )
+    parts.append(" " + _advice(r))
+    if r.problem:
+        parts.append(f" Note: {r.problem}.")
+    return "".join(parts)
+
+
+def _no_gpu_text(r: Refuse) -> str:
+    problem = r.problem or "no GPU is known"
+    if r.reason == "gpu_unreadable":
+        return (
+            f"vramgate refused to load {r.model}: it cannot read GPU memory ({problem}), so it cannot tell whether"
+            f" the model would run entirely on the GPU. Retry in {r.retry_after} s, fix NVML access, or set"
+            " VRAMGATE_ON_NO_GPU=allow to let loads through unchecked."
+        )
+    return (
+        f"vramgate refused to load {r.model}: there is no GPU to load it on ({problem}); nothing can run from GPU"
+        " memory. Set VRAMGATE_GPU=static with VRAMGATE_STATIC_GPUS, or VRAMGATE_ON_NO_GPU=allow to let loads"
+        " through to the CPU."
+    )
+
+
+def _gpu_text(b: GpuBudget) -> str:
+    extra = ""
+    if b.reclaimable:
+        extra += f" plus {_gib(b.reclaimable)} from idle models Ollama would unload"
+    if b.pending:
+        extra += f", minus {_gib(b.pending)} for loads already admitted"
+    return (
+        f"GPU {b.index} ({b.name}, {_gib(b.total)}) has {_gib(b.free)} free{extra},"
+        f" {_gib(max(0, b.budget))} usable after the reserve"
+    )
+
+
+def _holders_text(hs: tuple[Holder, ...]) -> str:
+    items = []
+    for h in hs[:8]:
+        if h.kind == "ollama":
+            items.append(f"Ollama model {h.name} {_gib(h.bytes)}{' (busy)' if h.busy else ' (idle)'} on GPU {h.gpu}")
+        elif h.kind == "pending":
+            items.append(f"{h.name} being loaded {_gib(h.bytes)} on GPU {h.gpu}")
+        else:
+            who = f"user {h.user}, " if h.user else ""
+            size = _gib(h.bytes) if h.bytes else "unknown size"
+            items.append(f"process {h.pid} ({who}{h.name}) {size} on GPU {h.gpu}")
+    if len(hs) > 8:
+        items.append(f"{len(hs) - 8} more")
+    return "; ".join(items)
+
+
+def _advice(r: Refuse) -> str:
+    openai = r.route == "openai"
+    how = (
+        "set PARAMETER num_ctx in the model's Modelfile or OLLAMA_CONTEXT_LENGTH on the server, or use /api/chat"
+        " with options.num_ctx"
+        if openai
+        else "set options.num_ctx"
+    )
+    if r.status == 507:
+        if r.fits_ctx_when_free and openai:
+            return (
+                f"It cannot fit these GPUs at num_ctx {r.requested_ctx} even when they are empty; it would at"
+                f" num_ctx {r.fits_ctx_when_free} or less: {how}."
+            )
+        return (
+            f"It cannot fit these GPUs even when they are empty, not even at num_ctx {min(r.requested_ctx or 0, r.min_num_ctx) or r.min_num_ctx}:"
+            " use a smaller quantization or a model with fewer parameters, or add GPU memory."
+        )
+    text = f"It would fit once other holders let go of memory: retry in {r.retry_after} s"
+    if r.fits_ctx_now and r.fits_ctx_now >= 256:
+        text += f", or {how} to {r.fits_ctx_now} or less, which fits now"
+        if not openai and r.fits_ctx_now < r.min_num_ctx:
+            text += f" (below min_num_ctx {r.min_num_ctx}, so vramgate did not shrink it itself)"
+    return text + "."
+
+
+def refusal_numbers(r: Refuse) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "decision": "refused",
+        "status": r.status,
+        "reason": r.reason,
+        "model": r.model,
+        "retry_after_s": r.retry_after,
+        "problem": r.problem,
+    }
+    if r.need is not None:
+        n = r.need
+        out.update(
+            num_ctx=n.num_ctx,
+            ctx_source=r.ctx_source,
+            parallel=n.parallel,
+            num_batch=n.num_batch,
+            need={
+                "total_bytes": n.total,
+                "weights_bytes": n.weights,
+                "kv_bytes": n.kv,
+                "compute_bytes": n.compute,
+                "other_bytes": n.other,
+                "cuda_context_bytes": n.cuda_context,
+            },
+            gpus=[_budget_json(b) for b in r.budgets],
+            holders=[
+                {k: v for k, v in {"kind": h.kind, "name": h.name, "gpu": h.gpu, "bytes": h.bytes, "busy": h.busy,
+                                   "pid": h.pid, "user": h.user}.items() if v is not None}
+                for h in r.holders
+            ],
+            fits_num_ctx_now=r.fits_ctx_now,
+            fits_num_ctx_when_free=r.fits_ctx_when_free,
+            min_num_ctx=r.min_num_ctx,
+            tokens_per_s_gpu=r.tps_gpu,
+            tokens_per_s_spilled=r.tps_spill,
+            spilled_layers=r.spill_layers,
+        )
+    return out
+
+
+def _budget_json(b: GpuBudget) -> dict[str, Any]:
+    return {
+        "index": b.index,
+        "name": b.name,
+        "total_bytes": b.total,
+        "free_bytes": b.free,
+        "reclaimable_bytes": b.reclaimable,
+        "pending_bytes": b.pending,
+        "budget_bytes": b.budget,
+        "bandwidth": format_bandwidth(b.bandwidth) if b.bandwidth else None,
+    }
+
+
+def refusal_body(r: Refuse) -> bytes:
+    """The body a refused client receives, in the shape its route speaks."""
+    text = refusal_text(r)
+    numbers = refusal_numbers(r)
+    if r.route == "openai":
+        code = "model_too_large" if r.status == 507 else "insufficient_gpu_memory"
+        body: dict[str, Any] = {
+            "error": {"message": text, "type": "api_error", "param": None, "code": code},
+            "vramgate": numbers,
+        }
+    else:
+        body = {"error": text, "vramgate": numbers}
+    return json.dumps(body).encode()
+
+
+def refusal_headers(r: Refuse) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "X-Vramgate-Decision": f"refused {r.status} {r.reason}",
+    }
+    if r.retry_after is not None:
+        headers["Retry-After"] = str(r.retry_after)
+    return headers
+
+
+def admit_headers(a: Admit) -> dict[str, str]:
+    headers = {"X-Vramgate-Decision": decision_header(a)}
+    if a.rewritten:
+        headers["X-Vramgate-Num-Ctx"] = f"{a.requested_ctx} -> {a.num_ctx}"
+    return headers
+
+
+def decision_header(a: Admit) -> str:
+    if a.unchanged:
+        return a.reason
+    return f"{a.reason} num_ctx={a.options.get('num_ctx')} num_gpu={a.options.get('num_gpu')}"

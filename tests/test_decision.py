@@ -1,0 +1,256 @@
+"""Table tests of the pure fit decision: no event loop, no sockets, numbers checkable by hand.
+
+The footprint here is a hand-made linear model (weights + 128 KiB of KV per token + 512 MiB of
+compute) so every expected number below follows from arithmetic in the comments, not from the
+code under test. The real estimator is exercised end to end in the gate tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from proxy.decision import (
+    Admit,
+    Inputs,
+    LoadRequest,
+    ModelFacts,
+    Policy,
+    Refuse,
+    Reservation,
+    decide,
+    effective_ctx,
+    largest_ctx,
+)
+from proxy.gpus import Gpu, GpuProcess, GpuSnapshot, no_gpu_snapshot
+from proxy.ollama_server import ServerSettings, default_num_ctx, parse_version
+from proxy.residency import Resident, VramgateLoad
+
+GiB = 1024**3
+MiB = 1024**2
+KV_PER_TOKEN = 128 * 1024  # 1 GiB per 8192 tokens
+
+
+@dataclass(frozen=True)
+class StubFootprint:
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    layers: int
+    projector_bytes: int = 0
+    output_bytes: int = 0
+    output_layer_bytes: int = 0
+
+    @property
+    def gpu_total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes
+
+    @property
+    def layer_bytes(self) -> int:
+        return (self.weights_bytes + self.kv_bytes) // (self.layers - 1)
+
+
+def sizer(weights: int, layers: int = 33):
+    def size(num_ctx: int, parallel: int, num_batch: int) -> StubFootprint:
+        return StubFootprint(weights, num_ctx * parallel * KV_PER_TOKEN, 512 * MiB, layers)
+
+    return size
+
+
+SERVER = ServerSettings((0, 30, 0), "0.30.0", 1, "f16", True, 0, 0)
+POLICY = Policy(reserve=1 * GiB, cuda_context=512 * MiB, min_num_ctx=2048)
+
+
+def gpu(total=24, free=None, index=0, processes=()):
+    free = total if free is None else free
+    return Gpu(index, f"GPU-{index}", "RTX 4090", int(total * GiB), int((total - free) * GiB), int(free * GiB), 1.008e12, processes)
+
+
+def static(*gpus):
+    return GpuSnapshot(tuple(gpus), "static", includes_ollama=False)
+
+
+def nvml(*gpus):
+    return GpuSnapshot(tuple(gpus), "nvml", includes_ollama=True)
+
+
+def inputs(weights=4 * GiB, options=None, route="native", gpus=None, residents=(), reservations=(), policy=POLICY,
+           model="m", trained=262144, modelfile=None, server=SERVER, layers=33):
+    return Inputs(
+        request=LoadRequest(model, route, options or {}),
+        model=ModelFacts(model, layers, trained, False, modelfile or {}),
+        sizer=sizer(weights, layers),
+        server=server,
+        gpus=gpus or static(gpu()),
+        residents=tuple(residents),
+        reservations=tuple(reservations),
+        policy=policy,
+    )
+
+
+def resident(name, size_gib, busy=False, load=None, ctx=None):
+    return Resident(name, int(size_gib * GiB), int(size_gib * GiB), ctx, busy=busy, load=load)
+
+
+# need(ctx) = weights + ctx/8192 GiB + 0.5 GiB compute + 0.5 GiB CUDA context; budget = free - 1 GiB reserve.
+CASES = [
+    # id, inputs, expected (kind, num_ctx or status)
+    ("fits at explicit ctx", inputs(options={"num_ctx": 8192}), ("admitted", 8192)),
+    ("server default 32768 on a 24 GiB GPU", inputs(), ("admitted", 32768)),
+    ("Modelfile num_ctx wins over the default", inputs(modelfile={"num_ctx": 4096}), ("admitted", 4096)),
+    # 4 + 32 + 1 = 37 > 23; KV room 23 - 5 = 18 GiB = 147456 tokens
+    ("long context shrunk", inputs(options={"num_ctx": 262144}), ("rewritten", 147456)),
+    ("capped to trained context first", inputs(options={"num_ctx": 262144}, trained=65536), ("admitted", 65536)),
+    # weights 30 GiB never fit 23 GiB
+    ("never fits", inputs(weights=30 * GiB, options={"num_ctx": 8192}), ("refused", 507)),
+    # busy 15 GiB model: free 24 - 15.5 = 8.5, budget 7.5; 12 GiB weights need 13.25 at 2048
+    ("busy holder -> 503", inputs(weights=12 * GiB, residents=[resident("big:latest", 15, busy=True)]), ("refused", 503)),
+    # idle holder is reclaimed: budget 8.5 + 15.5 - 1 = 23
+    ("idle holder evicted", inputs(weights=12 * GiB, options={"num_ctx": 8192}, residents=[resident("big:latest", 15)]), ("admitted", 8192)),
+    ("evict_idle off", inputs(weights=12 * GiB, residents=[resident("big:latest", 15)],
+                               policy=Policy(1 * GiB, 512 * MiB, 2048, evict_idle=False)), ("refused", 503)),
+    # admitted-not-yet-resident 20 GiB: budget 3 GiB < 5.25 GiB at 2048
+    ("pending load counts", inputs(reservations=[Reservation("x:latest", ((0, 20 * GiB),))]), ("refused", 503)),
+    # NVML free already excludes Ollama's runner: free 9 -> budget 8; 4 + 2 + 1 = 7 at 16384
+    ("nvml free used as is", inputs(options={"num_ctx": 16384}, gpus=nvml(gpu(free=9)),
+                                     residents=[resident("big:latest", 15, busy=True)]), ("admitted", 16384)),
+    # 4 + 4 + 1 = 9 > 8 -> shrink to 3 GiB of KV = 24576
+    ("nvml shrink", inputs(options={"num_ctx": 32768}, gpus=nvml(gpu(free=9)),
+                           residents=[resident("big:latest", 15, busy=True)]), ("rewritten", 24576)),
+    # fits only below min_num_ctx: 4.9 GiB budget, 4 + 1 = 5 fixed -> refuse, 503 since empty it fits
+    ("below min_num_ctx refuses", inputs(gpus=static(gpu(free=5.9))), ("refused", 503)),
+    ("explicit small ctx below min is honoured", inputs(options={"num_ctx": 1024}, gpus=static(gpu(free=6.2))), ("admitted", 1024)),
+    # two 24 GiB GPUs: 30 GiB weights spread (single GPU 35 > 23); 2x48 GiB total -> default 262144 capped
+    ("spread over two GPUs", inputs(weights=30 * GiB, options={"num_ctx": 4096}, gpus=static(gpu(), gpu(index=1))), ("admitted", 4096)),
+    ("/v1 fits at default", inputs(route="openai"), ("admitted", 32768)),
+    # 20 + 4 + 1 = 25 > 23 at the default; /v1 cannot be shrunk; empty GPU is the same -> 507
+    ("/v1 too big at default", inputs(weights=20 * GiB, route="openai"), ("refused", 507)),
+    ("/v1 busy", inputs(route="openai", residents=[resident("big:latest", 15, busy=True)]), ("refused", 503)),
+]
+
+
+@pytest.mark.parametrize("inp,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_decision_table(inp, expected):
+    d = decide(inp)
+    kind, value = expected
+    if kind == "refused":
+        assert isinstance(d, Refuse), d
+        assert d.status == value
+        assert (d.retry_after is not None) == (value == 503)
+    else:
+        assert isinstance(d, Admit), d
+        assert d.reason == kind
+        assert d.num_ctx == value
+        if inp.request.route == "native":
+            assert d.options["num_ctx"] == value
+            assert d.options["num_gpu"] == 33
+        else:
+            assert d.unchanged and d.options == {}
+
+
+def test_rewrite_keeps_other_options_and_reports_from_to():
+    d = decide(inputs(options={"num_ctx": 262144, "temperature": 0.2, "num_gpu": 999}))
+    assert isinstance(d, Admit) and d.rewritten
+    assert d.requested_ctx == 262144
+    assert d.options == {"num_ctx": 147456, "num_gpu": 33, "temperature": 0.2}
+
+
+def test_idle_eviction_is_claimed_once():
+    """A second load may not count on the same idle model being evicted."""
+    first = decide(inputs(weights=12 * GiB, options={"num_ctx": 8192}, residents=[resident("big:latest", 15)]))
+    assert isinstance(first, Admit) and first.evicts == {"big:latest"}
+    res = Reservation("m:latest", first.per_gpu, first.evicts)
+    second = decide(inputs(model="n", weights=12 * GiB, options={"num_ctx": 8192},
+                           residents=[resident("big:latest", 15)], reservations=[res]))
+    assert isinstance(second, Refuse) and second.status == 503
+
+
+def test_retry_after_shorter_when_ollama_is_busy():
+    busy = decide(inputs(weights=12 * GiB, residents=[resident("big:latest", 15, busy=True)]))
+    other = decide(inputs(weights=12 * GiB, gpus=static(gpu(free=8))))
+    assert isinstance(busy, Refuse) and isinstance(other, Refuse)
+    assert (busy.retry_after, other.retry_after) == (10, 60)
+
+
+def test_refusal_numbers():
+    # 30 GiB weights, ctx 8192: need 30 + 1 + 0.5 + 0.5 = 32 GiB; budget 23 GiB
+    d = decide(inputs(weights=30 * GiB, options={"num_ctx": 8192},
+                      gpus=static(gpu(processes=(GpuProcess(42, 300 * MiB, "alice", "Xorg"),)))))
+    assert isinstance(d, Refuse)
+    assert d.need.total == 32 * GiB
+    assert d.need.kv == 1 * GiB and d.need.weights == 30 * GiB
+    assert d.budgets[0].budget == 23 * GiB
+    assert d.fits_ctx_when_free is None
+    assert [h.pid for h in d.holders if h.kind == "process"] == [42]
+
+
+def test_partial_offload_policy():
+    overridden = decide(inputs(options={"num_gpu": 0, "num_ctx": 4096}))
+    assert isinstance(overridden, Admit) and overridden.options["num_gpu"] == 33
+    allowed = decide(inputs(options={"num_gpu": 10}, policy=Policy(allow_partial_offload=True)))
+    assert isinstance(allowed, Admit) and allowed.unchanged and allowed.reason == "partial_allowed"
+
+
+def test_no_gpu():
+    none = decide(inputs(gpus=no_gpu_snapshot("VRAMGATE_GPU=none: vramgate was told there is no GPU")))
+    assert isinstance(none, Refuse) and none.status == 507 and none.reason == "no_gpu"
+    broken = decide(inputs(gpus=no_gpu_snapshot("NVML could not start: NVMLError_DriverNotLoaded")))
+    assert isinstance(broken, Refuse) and broken.status == 503 and broken.retry_after
+    allowed = decide(inputs(gpus=no_gpu_snapshot("NVML could not start"), policy=Policy(on_no_gpu="allow")))
+    assert isinstance(allowed, Admit) and allowed.unchanged
+
+
+STICKY = VramgateLoad(num_ctx=8192, num_gpu=33, per_gpu=((0, 6 * GiB),), predicted_bytes=5 * GiB + 512 * MiB)
+
+
+@pytest.mark.parametrize(
+    "options,expected_ctx,reason",
+    [({}, 8192, "sticky"), ({"num_ctx": 8192}, 8192, "sticky"), ({"num_ctx": 2048}, 8192, "sticky"),
+     ({"num_ctx": 16384}, 16384, "admitted")],
+)
+def test_sticky_options(options, expected_ctx, reason):
+    r = resident("m:latest", 5.5, load=STICKY, ctx=8192)
+    d = decide(inputs(options=options, residents=[r]))
+    assert isinstance(d, Admit)
+    assert (d.reason, d.options["num_ctx"], d.options["num_gpu"]) == (reason, expected_ctx, 33)
+
+
+def test_larger_ctx_for_resident_counts_its_own_memory():
+    # GPU 24 GiB, resident m (busy) holds 18 GiB; only reclaiming its own runner leaves room.
+    r = resident("m:latest", 18, busy=True, load=STICKY, ctx=8192)
+    d = decide(inputs(options={"num_ctx": 65536}, residents=[r]))
+    assert isinstance(d, Admit) and d.num_ctx == 65536  # 4 + 8 + 1 = 13 <= 23
+
+
+def test_resident_loaded_elsewhere_passes_unchanged():
+    r = resident("m:latest", 9, ctx=32768)  # loaded by a /v1 client at the default context
+    assert decide(inputs(residents=[r])).reason == "resident"
+    assert decide(inputs(route="openai", residents=[r])).unchanged
+
+
+@pytest.mark.parametrize(
+    "fits,upper,expected",
+    [(lambda n: n <= 5000, 8192, 4864), (lambda n: True, 8192, 8192), (lambda n: False, 8192, None),
+     (lambda n: n <= 256, 100000, 256), (lambda n: n <= 30000, 30000, 30000)],
+)
+def test_largest_ctx(fits, upper, expected):
+    assert largest_ctx(fits, upper, 256) == expected
+
+
+@pytest.mark.parametrize(
+    "version,totals,overhead,override,expected",
+    [("0.15.5", [24 * GiB], 0, 0, 32768), ("0.30.0", [16 * GiB], 0, 0, 4096), ("0.30.0", [24 * GiB, 24 * GiB], 0, 0, 262144),
+     ("0.30.0", [24 * GiB], 2 * GiB, 0, 4096), ("0.15.4", [80 * GiB], 0, 0, 4096), ("0.6.7", [], 0, 0, 4096),
+     ("0.6.6", [80 * GiB], 0, 0, 2048), ("0.30.0", [80 * GiB], 0, 8192, 8192), ("v0.33.0-rc2", [48 * GiB], 0, 0, 262144)],
+)
+def test_default_num_ctx(version, totals, overhead, override, expected):
+    assert default_num_ctx(parse_version(version), totals, overhead, override) == expected
+
+
+def test_effective_ctx_sources():
+    assert effective_ctx(inputs(options={"num_ctx": 9000})) == (9000, "request")
+    assert effective_ctx(inputs(modelfile={"num_ctx": 4096})) == (4096, "Modelfile")
+    assert effective_ctx(inputs(route="openai", options={"num_ctx": 9000})) == (32768, "server default")
+    ctx, source = effective_ctx(inputs(options={"num_ctx": 999999}, trained=131072))
+    assert ctx == 131072 and "capped" in source
