@@ -1,0 +1,40 @@
+"""structlog set-up: JSON lines on stdout by default, the console renderer when stdout is a TTY.
+
+Configured once at start-up with a cached, level-filtering logger so a log call that is filtered
+out costs almost nothing and one that is emitted runs a three-step processor chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure_logging(log_format: str = "auto", log_level: str = "info", stream: TextIO | None = None) -> None:
+    out = stream if stream is not None else sys.stdout
+    console = log_format == "console" or (log_format == "auto" and out.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        if console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[log_level]),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name).bind(logger=name)
