@@ -1,0 +1,105 @@
+"""The compute buffer: what llama.cpp's graph reserve needs for the worst-case batch.
+
+llama_context::sched_reserve builds the prompt-processing graph for ``n_tokens = min(n_ctx,
+n_ubatch)`` tokens with every KV cell visible, and ggml-alloc packs its intermediate tensors into
+one buffer, freeing each tensor after its last use. The buffer is therefore the peak of the live
+tensors, which sits in one of three phases of the graph:
+
+* attention of a layer: the KQ mask (an input that lives until the last layer) plus Q/K/V and,
+  without flash attention, the ``n_kv x n_tokens x n_head`` f32 score matrix;
+* the feed-forward block: the mask plus the ``n_ff``-wide activations (for MoE, per used expert);
+* the output: logits ``n_outputs x n_vocab`` f32 (the mask is freed by then).
+
+The per-phase coefficients are calibrated against llama.cpp's CPU backend (the oracle in
+tests/oracle). On CUDA the same graph is reserved; differences are noted in the README of the
+package (fused kernels, cuBLAS f16 intermediates).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from proxy.footprint.estimate import Cells
+    from proxy.footprint.model import ModelDescription
+    from proxy.footprint.run_config import RunConfig
+
+F32 = 4
+F16 = 2
+
+
+def logits_rows(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
+    """Rows of logits in the reserve graph (llama-server's output limits unless overridden)."""
+    if run.logits_rows is not None:
+        limit = run.logits_rows
+    elif model.is_embedding:
+        limit = cells.n_batch
+    else:
+        limit = max(1, min(cells.n_batch, run.parallel))
+    return max(1, min(cells.n_tokens, limit))
+
+
+def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
+    t = cells.n_tokens
+    n_embd = model.embedding_length
+    fa = run.flash_attention and model.known_architecture
+    has_attention = any(model.attention_layers) if model.attention_layers else True
+
+    # KQ masks: one per cache (full and, for iSWA models, the window cache); n_kv x n_tokens.
+    mask_el = F16 if fa else F32
+    mask = 0
+    if has_attention and not model.is_embedding:
+        mask = cells.num_ctx * t * mask_el
+        if model.sliding_window > 0 and any(model.swa_layers):
+            mask += cells.swa * t * mask_el
+    elif has_attention:
+        mask = t * t * mask_el  # non-causal encoders mask the batch against itself
+
+    n_head = model.head_count_max
+    head_k = max(model.key_length, model.key_length_swa)
+    head_v = max(model.value_length, model.value_length_swa)
+    n_kv_heads = max(model.head_count_kv, default=0)
+    q_dim = n_head * head_k
+    kv_dim = n_kv_heads * (head_k + head_v)
+
+    # attention phase
+    attn = t * F32 * (2 * n_embd + q_dim + kv_dim + n_head * head_v)
+    if not fa and has_attention:
+        n_kv = cells.num_ctx if not model.is_embedding else t
+        attn += n_kv * t * n_head * F32  # KQ scores, softmax in place
+    attn += mask
+
+    # feed-forward phase
+    ff = model.feed_forward_length
+    ffn_dense = t * F32 * 4 * ff
+    ffn_moe = 0
+    if model.expert_count and model.expert_used_count:
+        n_ff_exp = _expert_ff(model)
+        ffn_moe = t * F32 * (model.expert_count * 2 + model.expert_used_count * (3 * n_ff_exp + n_embd))
+    ffn = max(ffn_dense, ffn_moe, t * F32 * 4 * n_embd) + mask
+
+    # recurrent (SSM) layers: the per-token state tensors of the scan
+    ssm = 0
+    if any(model.recurrent_layers):
+        d_inner = model.ssm_inner_size or 2 * n_embd
+        ssm = t * F32 * (4 * d_inner + 2 * model.ssm_state_size * max(model.ssm_group_count, 1))
+        ssm += max(model.recurrent_r + model.recurrent_s, 0) * F32 * run.parallel
+        ssm += mask
+
+    # output phase
+    rows = logits_rows(model, run, cells)
+    out = rows * model.vocab_size * F32 + t * n_embd * 2 * F32
+
+    return int(max(attn, ffn, ssm, out)) + 16 * 1024
+
+
+@lru_cache(maxsize=512)
+def _expert_ff(model: ModelDescription) -> int:
+    """Per-expert FFN width from the expert tensors' shapes (ffn_up_exps: [n_embd, n_ff_exp, E])."""
+    for t in model.tensors:
+        if t.name.endswith("ffn_up_exps.weight") or t.name.endswith("ffn_gate_exps.weight"):
+            return t.shape[1] if len(t.shape) > 1 else 0
+        if t.name.endswith("ffn_gate_up_exps.weight"):
+            return (t.shape[1] // 2) if len(t.shape) > 1 else 0
+    return model.feed_forward_length
