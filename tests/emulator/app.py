@@ -71,6 +71,9 @@ class Received:
     body_size: int = 0
 
 
+RECORD: web.RequestKey[Received] = web.RequestKey("record", Received)
+
+
 @dataclass
 class Disconnect:
     """A streamed or pending response whose client went away before it ended."""
@@ -89,6 +92,7 @@ class Emulator:
     check_host: bool = True  # Ollama's Host allow-list (it applies when listening on loopback)
     verify_blobs: bool = True  # hash uploads (off for multi-GB tests)
     on_load: LoadHook | None = None
+    frozen_time: float | None = None  # fixes timestamps and durations (byte-for-byte comparisons)
 
     models: dict[str, Model] = field(default_factory=dict)
     remote: dict[str, Model] = field(default_factory=dict)  # what /api/pull can fetch
@@ -157,6 +161,9 @@ class Emulator:
         return app
 
     # --- plumbing ----------------------------------------------------------------------------
+    def _now(self) -> str:
+        return rfc3339(self.frozen_time)
+
     def _condition(self) -> asyncio.Condition:
         if self._changed is None:
             self._changed = asyncio.Condition()
@@ -184,7 +191,7 @@ class Emulator:
                 except ValueError:
                     parsed = None
             record = Received(request.method, request.path, request.query_string, CIMultiDict(request.headers), body, parsed, len(body))
-        request["record"] = record
+        request[RECORD] = record
         self.requests.append(record)
         self.in_flight += 1
         await self._notify()
@@ -253,7 +260,7 @@ class Emulator:
         if handler is None:
             return web.Response(status=404, text="404 page not found", content_type="text/plain")
         openai = path.startswith("/v1/")
-        record: Received = request["record"]
+        record: Received = request[RECORD]
         if not record.body:
             return (openai_error if openai else error_response)("missing request body", 400)
         if not isinstance(record.json, dict):
@@ -405,6 +412,8 @@ class Emulator:
 
     def _metrics(self, load_seconds: float, started: float, eval_count: int) -> dict[str, int]:
         total = max(int((time.monotonic() - started) * 1e9), 1)
+        if self.frozen_time is not None:
+            total, load_seconds = 123_456_789, 0.001
         out = {"total_duration": total, "load_duration": max(int(load_seconds * 1e9), 1),
                "prompt_eval_count": 7, "prompt_eval_duration": 1_234_567,
                "eval_count": eval_count, "eval_duration": 9_876_543}
@@ -424,7 +433,7 @@ class Emulator:
             return prepared
         model, options, keep_alive = prepared
         empty = not body.get("messages") if chat else not body.get("prompt")
-        head = {"model": body["model"], "created_at": rfc3339()}
+        head = {"model": body["model"], "created_at": self._now()}
         if empty and keep_alive == 0:
             self._unload(model.name)
             await self._notify()
@@ -446,8 +455,8 @@ class Emulator:
             async def lines() -> AsyncIterator[bytes]:
                 for token in self.tokens:
                     reply = {"message": {"role": "assistant", "content": token}} if chat else {"response": token}
-                    yield ndjson_line({"model": body["model"], "created_at": rfc3339(), **reply, "done": False})
-                yield ndjson_line({"model": body["model"], "created_at": rfc3339(), **_empty_reply(chat),
+                    yield ndjson_line({"model": body["model"], "created_at": self._now(), **reply, "done": False})
+                yield ndjson_line({"model": body["model"], "created_at": self._now(), **_empty_reply(chat),
                                    "done": True, "done_reason": "stop", **final_extra,
                                    **self._metrics(load_seconds, started, len(self.tokens))})
 
@@ -602,7 +611,7 @@ class Emulator:
             size += len(chunk)
             if hasher is not None:
                 hasher.update(chunk)
-        request["record"].body_size = size
+        request[RECORD].body_size = size
         if hasher is not None and f"sha256:{hasher.hexdigest()}" != digest:
             return error_response(f"digest mismatch, expected \"{digest}\", got \"sha256:{hasher.hexdigest()}\"", 400)
         self.blobs[digest] = size
@@ -621,7 +630,7 @@ class Emulator:
         if isinstance(ran, web.Response):
             return ran
         runner, _ = ran
-        created = int(time.time())
+        created = int(self.frozen_time if self.frozen_time is not None else time.time())
         ident = f"chatcmpl-{len(self.requests)}"
         base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body["model"],
                 "system_fingerprint": "fp_ollama"}
