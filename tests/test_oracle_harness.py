@@ -1,0 +1,70 @@
+"""The oracle harness itself: llama.cpp really loads the synthetic models and reports what we expect.
+
+These checks keep the ground truth honest before the estimator is compared against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.oracle.fixtures import oracle  # noqa: F401  (session fixture: builds llama.cpp when missing)
+from tests.oracle.measure import OracleError, fit_print, measure, server_args
+from tests.oracle.models import ARCHITECTURES, build, model_path
+
+pytestmark = pytest.mark.oracle
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("size", ["small", "real"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_every_architecture_loads_and_model_bytes_are_the_tensor_bytes(oracle, arch, size):
+    spec, path = build(arch, size)
+    m = measure(path, 2048, 1, embedding=spec.embedding, oracle=oracle)
+    # the CPU buffer holds every tensor once; llama.cpp pads the buffer by at most one alignment unit
+    assert 0 <= m.model_bytes - spec.weights_bytes <= 128, (m.model_bytes, spec.weights_bytes)
+    assert m.compute_bytes > 0
+
+
+def test_sparse_file_measures_exactly_like_the_real_one(oracle):
+    """The no_alloc probe reads metadata only: a data-less sparse copy gives identical numbers."""
+    spec, real_path = build("gemma3", "small")
+    sparse = dataclasses.replace(spec, name="gemma3-small-sparse", sparse=True)
+    sparse_path = model_path(sparse)
+    assert sparse_path.stat().st_blocks * 512 < sparse_path.stat().st_size // 2  # really a hole
+    for ctx, par, fa in [(256, 1, False), (4096, 2, True)]:
+        a = measure(real_path, ctx, par, flash_attention=fa, oracle=oracle)
+        b = measure(sparse_path, ctx, par, flash_attention=fa, oracle=oracle)
+        assert (a.model_bytes, a.context_bytes, a.compute_bytes) == (b.model_bytes, b.context_bytes, b.compute_bytes)
+
+
+def test_llama_kv_matches_the_documented_formula(oracle):
+    """cells x layers x (K + V row bytes); cells = parallel x pad(num_ctx, 256) (machine-notes)."""
+    _, path = build("llama", "small")  # 3 layers, 2 KV heads x 64 = 128 wide K and V
+    m = measure(path, 1000, 2, type_k="q8_0", type_v="q8_0", flash_attention=True, oracle=oracle)
+    cells = 2 * 1024
+    assert m.context_bytes == cells * 3 * (128 * 34 // 32) * 2
+    assert m.n_ctx == 2048 and m.n_seq_max == 2
+    assert [c.cells for c in m.kv_caches] == [1024] and m.kv_caches[0].seqs == 2
+
+
+def test_quantized_v_without_flash_attention_is_refused(oracle):
+    _, path = build("llama", "small")
+    with pytest.raises(OracleError):
+        measure(path, 2048, 1, type_k="q8_0", type_v="q8_0", flash_attention=False, oracle=oracle)
+
+
+def test_probe_agrees_with_llama_fit_params(oracle):
+    """Cross-check with llama.cpp's own tool: same model/context MiB (fit-print truncates to MiB).
+
+    Compute differs on purpose: the probe applies llama-server's output limits (n_outputs_max =
+    parallel) and llama-fit-params reserves logits for a whole ubatch.
+    """
+    _, path = build("llama", "real")
+    args = server_args(8192, 2, flash_attention=True, n_batch=512)
+    m = measure(path, 8192, 2, flash_attention=True, n_batch=512, oracle=oracle)
+    host = fit_print(path, args, oracle)["Host"]
+    assert host[0] == m.model_bytes // MiB
+    assert host[1] == m.context_bytes // MiB
+    assert host[2] >= m.compute_bytes // MiB
