@@ -63,21 +63,26 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
     q_dim = n_head * head_k
     kv_dim = n_kv_heads * (head_k + head_v)
 
-    # attention phase
-    attn = t * F32 * (2 * n_embd + q_dim + kv_dim + n_head * head_v)
-    if not fa and has_attention:
-        n_kv = cells.num_ctx if not model.is_embedding else t
-        attn += n_kv * t * n_head * F32  # KQ scores, softmax in place
+    # attention phase (coefficients: bytes per token, fitted on llama/qwen3 shapes)
+    if fa:
+        attn = t * (12 * n_embd + 8 * q_dim + kv_dim // 2)
+    else:
+        attn = t * (4 * n_embd + 16 * q_dim + 4 * kv_dim)
+        if has_attention:
+            n_kv = cells.num_ctx if not model.is_embedding else t
+            attn += n_kv * t * n_head * F32  # KQ scores (soft_max runs in place)
     attn += mask
 
-    # feed-forward phase
+    # feed-forward phase: gate, up, activation and down outputs of the widest layer
     ff = model.feed_forward_length
-    ffn_dense = t * F32 * 4 * ff
+    ffn_dense = t * (16 * ff + 2 * n_embd)
     ffn_moe = 0
     if model.expert_count and model.expert_used_count:
         n_ff_exp = _expert_ff(model)
-        ffn_moe = t * F32 * (model.expert_count * 2 + model.expert_used_count * (3 * n_ff_exp + n_embd))
-    ffn = max(ffn_dense, ffn_moe, t * F32 * 4 * n_embd) + mask
+        used = model.expert_used_count
+        # mul_mat_id outputs per used expert: gate/up [n_ff_exp], down and its weighted copy [n_embd]
+        ffn_moe = t * F32 * (2 * used * n_embd + 2 * used * n_ff_exp + 2 * model.expert_count)
+    ffn = max(ffn_dense, ffn_moe) + mask
 
     # recurrent (SSM) layers: the per-token state tensors of the scan
     ssm = 0
@@ -89,7 +94,7 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
 
     # output phase
     rows = logits_rows(model, run, cells)
-    out = rows * model.vocab_size * F32 + t * n_embd * 2 * F32
+    out = rows * model.vocab_size * F32 + min(rows * 2, 2 * t) * n_embd * F32
 
     return int(max(attn, ffn, ssm, out)) + 16 * 1024
 
