@@ -52,13 +52,13 @@ class Relay:
         admission: Admission,
         access: AccessLog,
         *,
-        max_inspected_body: int = MAX_INSPECTED_BODY,
+        max_inspected_body: int | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self._session = session
         self._admission = admission
         self._access = access
-        self._max_inspected = max_inspected_body
+        self._max_inspected = max_inspected_body or MAX_INSPECTED_BODY
 
     def attach(self, session: aiohttp.ClientSession, admission: Admission) -> None:
         """Set the upstream session and admission once the event loop runs (app start-up)."""

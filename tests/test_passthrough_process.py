@@ -1,0 +1,123 @@
+"""vramgate as a process (``python -m proxy``): start line, access log, SIGTERM drain, flat memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.emulator import Emulator, Fault
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ProxyProcess:
+    proc: asyncio.subprocess.Process
+    url: str
+    lines: list[dict[str, Any]] = field(default_factory=list)
+
+    async def read_rest(self) -> list[dict[str, Any]]:
+        assert self.proc.stdout is not None
+        raw = await self.proc.stdout.read()
+        self.lines += [json.loads(line) for line in raw.splitlines() if line.strip()]
+        return self.lines
+
+    def memory_kib(self, field_name: str) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field_name} in /proc status")
+
+
+async def start_process(upstream: str, **env: str) -> ProxyProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("VRAMGATE_", "OLLAMA_"))}
+    # no GPU here: let the fit gate (when installed) allow loads; these tests are about the relay
+    clean.update({"VRAMGATE_LOG_FORMAT": "json", "VRAMGATE_SHUTDOWN_GRACE": "5", "VRAMGATE_GPU": "none",
+                  "VRAMGATE_ON_NO_GPU": "allow", **env})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--upstream", upstream, "--listen", "127.0.0.1:0",
+        cwd=REPO, env=clean, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    before: list[dict[str, Any]] = []
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
+        assert line, f"vramgate exited before starting: {before}"
+        event = json.loads(line)
+        if event["event"] == "vramgate started":
+            return ProxyProcess(proc, "http://" + event["listen"], [*before, event])
+        before.append(event)
+
+
+@pytest.fixture
+async def process(emulator_url: str) -> AsyncIterator[ProxyProcess]:
+    running = await start_process(emulator_url)
+    yield running
+    if running.proc.returncode is None:
+        running.proc.kill()
+        await running.proc.wait()
+
+
+async def test_start_line_names_listen_and_upstream(process: ProxyProcess, emulator_url: str) -> None:
+    started = process.lines[-1]
+    assert started["upstream"] == emulator_url and started["listen"].startswith("127.0.0.1:")
+    assert started["level"] == "info" and "timestamp" in started
+
+
+async def test_sigterm_drains_streams_in_flight_then_exits(emulator: Emulator, process: ProxyProcess) -> None:
+    # /api/push: a streamed route no gate inspects, so this tests the relay alone
+    emulator.inject(Fault("/api/push", "slow", delay=0.15))
+    secret = "my-secret-model-name"
+    emulator.add_model(secret)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(process.url + "/api/push", json={"model": secret}) as resp:
+            first = await resp.content.readline()
+            process.proc.send_signal(signal.SIGTERM)
+            rest = await resp.read()
+    lines = (first + rest).splitlines()
+    assert len(lines) == 7 and json.loads(lines[-1]) == {"status": "success"}  # finished despite SIGTERM
+    assert await asyncio.wait_for(process.proc.wait(), timeout=10) == 0
+    events = await process.read_rest()
+    access = [e for e in events if e["event"] == "access"]
+    assert len(access) == 1
+    entry = access[0]
+    assert entry["method"] == "POST" and entry["path"] == "/api/push" and entry["status"] == 200
+    assert entry["bytes"] == len(first + rest) and entry["client"] == "127.0.0.1"
+    assert entry["duration_ms"] >= entry["upstream_ttfb_ms"] > 0
+    names = [e["event"] for e in events]
+    # the stream was still running when the stop began, and ended before the process did
+    assert names.index("vramgate stopping") < names.index("access") < names.index("vramgate stopped")
+    assert names[-1] == "vramgate stopped"
+    assert secret not in json.dumps(events) and "pushing" not in json.dumps(events)  # no bodies logged
+
+
+async def test_two_gib_blob_upload_streams_in_flat_memory(emulator: Emulator, process: ProxyProcess) -> None:
+    emulator.verify_blobs = False  # hashing 2 GiB would only slow the test down
+    chunk = b"\x5a" * (1024 * 1024)
+    total_chunks = 2048  # 2 GiB
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(total_chunks):
+            yield chunk
+
+    digest = "sha256:" + "ab" * 32
+    async with aiohttp.ClientSession() as session:
+        async with session.get(process.url + "/api/version") as resp:  # warm up the upstream pool
+            assert resp.status == 200
+        baseline = process.memory_kib("VmRSS")
+        async with session.post(process.url + f"/api/blobs/{digest}", data=body()) as resp:
+            assert resp.status == 201
+    peak = process.memory_kib("VmHWM")
+    assert emulator.blobs[digest] == total_chunks * len(chunk)
+    growth_mib = (peak - baseline) / 1024
+    print(f"proxy RSS {baseline / 1024:.0f} MiB before, peak {peak / 1024:.0f} MiB during a 2 GiB upload")
+    assert growth_mib < 64, f"proxy RSS grew by {growth_mib:.0f} MiB during a 2 GiB upload"
