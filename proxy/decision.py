@@ -31,7 +31,7 @@ class FootprintLike(Protocol):
     output_bytes: int
     gpu_total_bytes: int
     layers: int
-    layer_bytes: int
+    layer_bytes: Any  # per repeating layer (tuple) or one size for all
     output_layer_bytes: int
 
 
@@ -383,7 +383,7 @@ def spread(fp: FootprintLike, ordered: list[GpuBudget], fixed_extra: int) -> tup
     The largest GPU takes the output layer and the projector; conservative by design.
     """
     remaining = max(0, fp.layers - 1)
-    layer = max(1, fp.layer_bytes)
+    layer = max(1, largest_layer(fp))
     placed: list[tuple[int, int]] = []
     for i, b in enumerate(ordered):
         fixed = fp.compute_bytes + fixed_extra
@@ -433,7 +433,7 @@ def spill_layers(need: Need, budget: int, layers: int, sizer: Sizer, ctx: int) -
     if over <= 0:
         return 0
     fp = sizer(need.num_ctx, need.parallel, need.num_batch)
-    return min(layers, math.ceil(over / max(1, fp.layer_bytes)))
+    return min(layers, math.ceil(over / max(1, largest_layer(fp))))
 
 
 def holders(inp: Inputs, key: str) -> tuple[Holder, ...]:
@@ -472,5 +472,38 @@ def _forward_options(opts: Mapping[str, Any], num_ctx: int, num_gpu: int) -> dic
     return out
 
 
+def largest_layer(fp: FootprintLike) -> int:
+    """Layers are packed at the size of the largest one: simple and on the safe side."""
+    sizes = fp.layer_bytes
+    if isinstance(sizes, (tuple, list)):
+        return max(sizes, default=0)
+    return int(sizes)
+
+
 def _gpu_weights(fp: FootprintLike) -> int:
     return int(getattr(fp, "gpu_weights_bytes", fp.weights_bytes))
+
+
+# --- pulls ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PullRefuse:
+    model: str
+    weights: int
+    projector: int
+    usable: int  # all GPUs together, each less the reserve and a CUDA context
+    gpus: tuple[tuple[str, int], ...]  # (name, total)
+
+
+def check_pull(model: str, weights: int, projector: int, gpus: GpuSnapshot, policy: Policy) -> PullRefuse | None:
+    """Refuse a download whose weights and projector alone exceed every GPU together, even empty.
+
+    With no GPU known nothing is refused here: downloading does not load anything.
+    """
+    if not gpus.gpus:
+        return None
+    usable = sum(max(0, g.total - policy.reserve - policy.cuda_context) for g in gpus.gpus)
+    if weights + projector <= usable:
+        return None
+    return PullRefuse(model, weights, projector, usable, tuple((g.name, g.total) for g in gpus.gpus))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.decision import Admit, GpuBudget, Holder, Refuse
+from proxy.decision import Admit, GpuBudget, Holder, PullRefuse, Refuse
 from proxy.units import format_bandwidth, format_bytes
 
 
@@ -35,7 +35,7 @@ def refusal_text(r: Refuse) -> str:
         parts.append(f" Held by: {held}.")
     if r.spill_layers and r.tps_gpu and r.tps_spill:
         parts.append(
-            f" Left to Ollama it would spill {r.spill_layers} layers to system RAM and run at about"
+            f" Left to Ollama it would spill {r.spill_layers} layer{'s' if r.spill_layers != 1 else ''} to system RAM and run at about"
             f" {r.tps_spill:.1f} tokens/s instead of {r.tps_gpu:.0f} tokens/s fully on the GPU."
         )
     parts.append(" " + _advice(r))
@@ -90,24 +90,25 @@ def _holders_text(hs: tuple[Holder, ...]) -> str:
 def _advice(r: Refuse) -> str:
     openai = r.route == "openai"
     how = (
-        "set PARAMETER num_ctx in the model's Modelfile or OLLAMA_CONTEXT_LENGTH on the server, or use /api/chat"
-        " with options.num_ctx"
+        "with PARAMETER num_ctx in the model's Modelfile, OLLAMA_CONTEXT_LENGTH on the server, or options.num_ctx"
+        " through /api/chat or /api/generate"
         if openai
-        else "set options.num_ctx"
+        else "with options.num_ctx"
     )
     if r.status == 507:
         if r.fits_ctx_when_free and openai:
             return (
-                f"It cannot fit these GPUs at num_ctx {r.requested_ctx} even when they are empty; it would at"
-                f" num_ctx {r.fits_ctx_when_free} or less: {how}."
+                f"It cannot fit these GPUs at num_ctx {r.requested_ctx} even when they are empty; it would at num_ctx"
+                f" {r.fits_ctx_when_free} or less: ask for a smaller context {how}."
             )
+        floor = min(r.requested_ctx or r.min_num_ctx, r.min_num_ctx)
         return (
-            f"It cannot fit these GPUs even when they are empty, not even at num_ctx {min(r.requested_ctx or 0, r.min_num_ctx) or r.min_num_ctx}:"
+            f"It cannot fit these GPUs even when they are empty, not even at num_ctx {floor}:"
             " use a smaller quantization or a model with fewer parameters, or add GPU memory."
         )
     text = f"It would fit once other holders let go of memory: retry in {r.retry_after} s"
     if r.fits_ctx_now and r.fits_ctx_now >= 256:
-        text += f", or {how} to {r.fits_ctx_now} or less, which fits now"
+        text += f", or ask for num_ctx {r.fits_ctx_now} or less {how}, which fits now"
         if not openai and r.fits_ctx_now < r.min_num_ctx:
             text += f" (below min_num_ctx {r.min_num_ctx}, so vramgate did not shrink it itself)"
     return text + "."
@@ -202,3 +203,27 @@ def decision_header(a: Admit) -> str:
     if a.unchanged:
         return a.reason
     return f"{a.reason} num_ctx={a.options.get('num_ctx')} num_gpu={a.options.get('num_gpu')}"
+
+
+def pull_refusal_text(r: PullRefuse) -> str:
+    gpus = ", ".join(f"{name} {_gib(total)}" for name, total in r.gpus)
+    proj = f" plus a {_gib(r.projector)} vision projector" if r.projector else ""
+    return (
+        f"vramgate refused to pull {r.model}: its weights are {_gib(r.weights)}{proj}, more than these GPUs can"
+        f" ever hold ({gpus}; {_gib(r.usable)} usable after the reserve and CUDA context), so it could only run"
+        " partly from system RAM. Pull a smaller quantization or a model with fewer parameters."
+    )
+
+
+def pull_refusal_body(r: PullRefuse) -> bytes:
+    numbers = {
+        "decision": "refused",
+        "status": 507,
+        "reason": "too_big",
+        "model": r.model,
+        "weights_bytes": r.weights,
+        "projector_bytes": r.projector,
+        "usable_bytes": r.usable,
+        "gpus": [{"name": n, "total_bytes": t} for n, t in r.gpus],
+    }
+    return json.dumps({"error": pull_refusal_text(r), "vramgate": numbers}).encode()

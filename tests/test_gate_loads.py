@@ -1,0 +1,226 @@
+"""The fit gate end to end: client -> vramgate (static GPU) -> Ollama emulator with a GPU model."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import ollama
+import pytest
+
+from proxy.footprint import RunConfig, description_from_show, estimate
+from proxy.gate import build_admission
+from tests.emulator import Emulator, LoadOptions
+from tests.emulator_gate import GiB, GpuModel, show_llama3_8b, show_llama3_70b, show_mid
+
+STATIC = [{"name": "RTX 4090", "total": "24GiB", "free": "22GiB", "bandwidth": "1008GB/s"}]
+FREE = 22 * GiB
+RESERVE = 1 * GiB
+CUDA = 500 * 1024**2
+
+
+def footprint_size(emu: Emulator):
+    """What a load really takes in this emulated world: llama.cpp's buffers at batch 512."""
+
+    def size(name: str, wanted: LoadOptions) -> int:
+        desc = description_from_show(emu.models[name].show_response(True))
+        return estimate(desc, RunConfig(num_ctx=wanted.num_ctx)).gpu_total_bytes
+
+    return size
+
+
+@pytest.fixture
+def emulator() -> Emulator:
+    emu = Emulator(default_num_ctx=32768)  # what Ollama 0.33 picks on a 24 GiB GPU
+    emu.add_model("llama3:8b", show_llama3_8b())
+    emu.add_model("llama3:70b", show_llama3_70b())
+    emu.add_model("embed", show_mid(12, extra_model_info={"llama.pooling_type": 1}))
+    return emu
+
+
+@pytest.fixture
+def gpu(emulator: Emulator) -> GpuModel:
+    return GpuModel(emulator, FREE, footprint_size(emulator), cuda_context=CUDA).install()
+
+
+@pytest.fixture
+async def gate_url(start_proxy, gpu):
+    return await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=STATIC)
+
+
+async def post(url: str, path: str, body: dict | bytes) -> tuple[int, dict, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with aiohttp.ClientSession() as s, s.post(url + path, data=data) as r:
+        text = await r.read()
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = {"_lines": text.decode()}
+        return r.status, dict(r.headers), parsed
+
+
+def forwarded(emu: Emulator, path: str = "/api/generate") -> list[dict]:
+    return [r.json for r in emu.received(path)]
+
+
+async def test_fits_forwards_all_layers_and_context(gate_url, emulator, gpu):
+    status, headers, _ = await post(gate_url, "/api/generate",
+                                    {"model": "llama3:8b", "prompt": "hi", "stream": False, "options": {"num_ctx": 8192, "temperature": 0.1}})
+    assert status == 200
+    (sent,) = forwarded(emulator)
+    assert sent["options"] == {"num_ctx": 8192, "num_gpu": 33, "temperature": 0.1}
+    assert headers["X-Vramgate-Decision"] == "admitted num_ctx=8192 num_gpu=33"
+    assert emulator.runners["llama3:8b"].size_vram == emulator.runners["llama3:8b"].size
+    assert gpu.ooms == []
+
+
+async def test_long_context_is_shrunk_to_fit(gate_url, emulator, gpu):
+    status, headers, _ = await post(gate_url, "/api/chat", {"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}],
+                                                           "stream": False, "options": {"num_ctx": 131072}})
+    assert status == 200
+    (sent,) = forwarded(emulator, "/api/chat")
+    to = sent["options"]["num_ctx"]
+    assert 2048 <= to < 131072 and to % 256 == 0
+    assert headers["X-Vramgate-Num-Ctx"] == f"131072 -> {to}"
+    assert headers["X-Vramgate-Decision"].startswith(f"rewritten num_ctx={to}")
+    # the GPU model (sizes at batch 512) holds it; the gate assumed Ollama's larger batch, so it is safe
+    runner = emulator.runners["llama3:8b"]
+    assert runner.size_vram == runner.size and gpu.ooms == []
+    assert gpu.held() <= FREE - RESERVE
+
+
+async def test_never_fits_is_507_with_explanation(gate_url, emulator):
+    status, headers, body = await post(gate_url, "/api/generate", {"model": "llama3:70b", "prompt": "hi"})
+    assert status == 507
+    assert "Retry-After" not in headers
+    assert headers["X-Vramgate-Decision"] == "refused 507 too_big"
+    text = body["error"]
+    assert text.startswith("vramgate refused to load llama3:70b: it needs ")
+    assert "GPU 0 (RTX 4090, 24.0 GiB) has 22.0 GiB free" in text
+    assert "even when they are empty" in text
+    assert "tokens/s" in text
+    numbers = body["vramgate"]
+    assert numbers["status"] == 507 and numbers["need"]["weights_bytes"] > 30 * GiB
+    assert numbers["need"]["total_bytes"] > numbers["gpus"][0]["budget_bytes"]
+    assert numbers["gpus"][0]["budget_bytes"] == FREE - RESERVE
+    assert emulator.received("/api/generate") == []  # Ollama never contacted
+
+
+async def test_would_fit_later_is_503_with_retry_after(start_proxy, emulator, gpu):
+    # other processes hold 19 of 24 GiB: 5 GiB free, 4 GiB usable; the 8B needs 4.8 GiB even at 2048
+    crowded = [{"name": "RTX 4090", "total": "24GiB", "free": "5GiB"}]
+    url = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=crowded)
+    status, headers, body = await post(url, "/api/generate", {"model": "llama3:8b", "prompt": "hi"})
+    assert status == 503
+    assert headers["Retry-After"] == "60"
+    assert "It would fit once other holders let go of memory: retry in 60 s" in body["error"]
+    assert body["vramgate"]["fits_num_ctx_when_free"] == 32768
+    assert emulator.received("/api/generate") == []
+
+
+async def test_evict_idle_off_gives_503_naming_the_holder(start_proxy, emulator, gpu):
+    emulator.preload("llama3:8b", 17 * GiB, num_ctx=8192)  # loaded by someone else, idle
+    url = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=STATIC, evict_idle=False)
+    emulator.add_model("other", show_llama3_8b())
+    status, _, body = await post(url, "/api/generate", {"model": "other", "prompt": "hi", "options": {"num_ctx": 8192}})
+    assert status == 503
+    assert "Held by: Ollama model llama3:8b 17.5 GiB (idle) on GPU 0." in body["error"]
+    assert body["vramgate"]["holders"] == [{"kind": "ollama", "name": "llama3:8b", "gpu": 0, "bytes": 17 * GiB + CUDA, "busy": False}]
+
+
+async def test_idle_model_counts_as_free(gate_url, emulator, gpu):
+    emulator.preload("llama3:70b", 17 * GiB, num_ctx=2048)  # idle: Ollama would evict it
+    status, headers, _ = await post(gate_url, "/api/generate", {"model": "llama3:8b", "prompt": "hi", "options": {"num_ctx": 8192}})
+    assert status == 200, headers
+    assert "llama3:70b" in gpu.evictions and gpu.ooms == []
+
+
+async def test_sticky_options(gate_url, emulator):
+    first = {"model": "llama3:8b", "prompt": "hi", "stream": False, "options": {"num_ctx": 8192}}
+    assert (await post(gate_url, "/api/generate", first))[0] == 200
+    for options in ({}, {"num_ctx": 8192}, {"num_ctx": 4096}):
+        status, headers, _ = await post(gate_url, "/api/generate", {"model": "llama3:8b", "prompt": "again", "stream": False, "options": options})
+        assert status == 200
+        assert headers["X-Vramgate-Decision"] == "sticky num_ctx=8192 num_gpu=33"
+    assert [o.num_ctx for _, o in emulator.loads] == [8192]  # no reload storm
+    status, headers, _ = await post(gate_url, "/api/generate", {"model": "llama3:8b", "prompt": "more", "stream": False, "options": {"num_ctx": 16384}})
+    assert status == 200 and headers["X-Vramgate-Decision"] == "admitted num_ctx=16384 num_gpu=33"
+    assert [o.num_ctx for _, o in emulator.loads] == [8192, 16384]
+
+
+async def test_preload_is_planned_and_unload_passes(start_proxy, emulator, gpu):
+    url = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=STATIC)
+    status, headers, body = await post(url, "/api/generate", {"model": "llama3:8b"})
+    assert status == 200 and body["done_reason"] == "load"
+    assert forwarded(emulator)[0]["options"]["num_gpu"] == 33
+    assert headers["X-Vramgate-Decision"].startswith("admitted")
+    # a GPU with almost nothing free: a preload is refused, an unload is never refused and passes as sent
+    tiny = [{"name": "RTX 4090", "total": "24GiB", "free": "1GiB"}]
+    url2 = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=tiny)
+    assert (await post(url2, "/api/generate", {"model": "llama3:70b"}))[0] == 507
+    raw = b'{"model": "llama3:8b", "keep_alive": 0}'
+    status, headers, body = await post(url2, "/api/generate", raw)
+    assert status == 200 and body["done_reason"] == "unload"
+    assert emulator.received("/api/generate")[-1].body == raw
+    assert headers["X-Vramgate-Decision"] == "unload"
+    assert "llama3:8b" not in emulator.runners
+
+
+async def test_openai_admit_and_refuse_shapes(gate_url, emulator):
+    raw = json.dumps({"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, headers, body = await post(gate_url, "/v1/chat/completions", raw)
+    assert status == 200 and body["object"] == "chat.completion"
+    assert emulator.received("/v1/chat/completions")[0].body == raw  # forwarded unchanged
+    assert headers["X-Vramgate-Decision"] == "admitted"
+    status, _, body = await post(gate_url, "/v1/chat/completions", {"model": "llama3:70b", "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 507
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "api_error" and err["code"] == "model_too_large"
+    assert "PARAMETER num_ctx" not in err["message"] or "Modelfile" in err["message"]
+
+
+async def test_openai_too_long_default_context_says_how_to_shrink(start_proxy, emulator, gpu):
+    emulator.add_model("longctx", show_llama3_8b(parameters={"num_ctx": 131072}))
+    small = [{"name": "RTX 4080", "total": "16GiB"}]  # 21.4 GiB at 131072 never fits, ~2/3 of it would
+    url = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=small)
+    status, _, body = await post(url, "/v1/chat/completions", {"model": "longctx", "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 507
+    msg = body["error"]["message"]
+    assert "PARAMETER num_ctx" in msg and "OLLAMA_CONTEXT_LENGTH" in msg and "options.num_ctx" in msg
+    assert f"it would at num_ctx {body['vramgate']['fits_num_ctx_when_free']} or less" in msg
+    assert 32768 < body["vramgate"]["fits_num_ctx_when_free"] < 131072
+    assert emulator.received("/v1/chat/completions") == []
+
+
+async def test_unknown_model_and_bad_options_reach_ollama(gate_url, emulator):
+    status, headers, body = await post(gate_url, "/api/generate", {"model": "nope", "prompt": "hi"})
+    assert (status, body) == (404, {"error": "model 'nope' not found"})
+    status, _, body = await post(gate_url, "/api/generate", {"model": "llama3:8b", "prompt": "hi", "options": {"num_ctx": "8192"}})
+    assert (status, body) == (500, {"error": 'option "num_ctx" must be of type integer'})
+    status, _, body = await post(gate_url, "/api/generate", b"{not json")
+    assert status == 400
+
+
+async def test_client_spill_request_overridden(gate_url, emulator):
+    status, _, _ = await post(gate_url, "/api/generate", {"model": "llama3:8b", "prompt": "hi", "stream": False, "options": {"num_gpu": 0, "num_ctx": 4096}})
+    assert status == 200
+    assert forwarded(emulator)[0]["options"]["num_gpu"] == 33
+
+
+async def test_embedding_route_is_gated(gate_url, emulator):
+    status, headers, _ = await post(gate_url, "/api/embed", {"model": "embed", "input": "hello"})
+    assert status == 200 and headers["X-Vramgate-Decision"].startswith("admitted")
+    assert forwarded(emulator, "/api/embed")[0]["options"]["num_gpu"] == 13
+
+
+async def test_official_client_surfaces_the_refusal(gate_url):
+    client = ollama.AsyncClient(host=gate_url)
+    with pytest.raises(ollama.ResponseError) as info:
+        await client.generate(model="llama3:70b", prompt="hi")
+    assert info.value.status_code == 507
+    assert str(info.value.error).startswith("vramgate refused to load llama3:70b: it needs ")
+    with pytest.raises(ollama.ResponseError) as info:
+        async for _ in await client.chat(model="llama3:70b", messages=[{"role": "user", "content": "hi"}], stream=True):
+            pass
+    assert "cannot fit these GPUs" in info.value.error
