@@ -1,0 +1,25 @@
+# vramgate: a small Python service. NVML comes from the NVIDIA container runtime at run time.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PROJECT_ENVIRONMENT=/app/.venv
+
+RUN pip install --no-cache-dir uv
+WORKDIR /app
+
+# Dependencies first (cached while only the code changes), exactly as locked.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
+COPY proxy ./proxy
+COPY config ./config
+RUN uv sync --frozen --no-dev
+
+ENV PATH="/app/.venv/bin:$PATH" \
+    VRAMGATE_LISTEN=0.0.0.0:11434
+EXPOSE 11434
+USER nobody
+ENTRYPOINT ["vramgate"]
+CMD ["serve"]
