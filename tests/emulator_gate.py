@@ -50,6 +50,7 @@ class GpuModel:
     capacity: int
     size_of: Callable[[str, LoadOptions], int]  # llama.cpp buffers of a full-GPU load
     cuda_context: int = 500 * MiB
+    margin: int = 0  # idle runners are evicted to keep this much free (llama.cpp's fit target)
     spill_extra: dict[str, int] = field(default_factory=dict)  # model -> bytes the real load exceeds size_of by
     peak: int = 0
     ooms: list[str] = field(default_factory=list)
@@ -66,7 +67,7 @@ class GpuModel:
         size = self.size_of(name, wanted) + self.spill_extra.get(name, 0)
         need = size + self.cuda_context
         for other, runner in sorted(self.emulator.runners.items(), key=lambda kv: kv[1].expires_at):
-            if self.held() + need <= self.capacity:
+            if self.held() + need <= self.capacity - self.margin:
                 break
             if runner.busy == 0 and other != name:
                 del self.emulator.runners[other]
