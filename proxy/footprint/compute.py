@@ -20,6 +20,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from proxy.footprint.architectures import NO_MEMORY
+
 if TYPE_CHECKING:  # pragma: no cover
     from proxy.footprint.estimate import Cells
     from proxy.footprint.model import ModelDescription
@@ -44,17 +46,18 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
     t = cells.n_tokens
     n_embd = model.embedding_length
     fa = run.flash_attention and model.known_architecture
-    has_attention = any(model.attention_layers) if model.attention_layers else True
+    no_cache = model.architecture in NO_MEMORY  # encoders attend within the batch, no KV cache
+    has_attention = model.head_count_max > 0 and (any(model.attention_layers) or no_cache)
 
     # KQ masks: one per cache (full and, for iSWA models, the window cache); n_kv x n_tokens.
     mask_el = F16 if fa else F32
     mask = 0
-    if has_attention and not model.is_embedding:
+    if has_attention and not no_cache:
         mask = cells.num_ctx * t * mask_el
         if model.sliding_window > 0 and any(model.swa_layers):
             mask += cells.swa * t * mask_el
     elif has_attention:
-        mask = t * t * mask_el  # non-causal encoders mask the batch against itself
+        mask = t * t * mask_el  # the batch against itself
 
     n_head = model.head_count_max
     head_k = max(model.key_length, model.key_length_swa)
@@ -66,16 +69,23 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
     # attention phase (coefficients: bytes per token, fitted on llama/qwen3 shapes)
     if fa:
         attn = t * (12 * n_embd + 8 * q_dim + kv_dim // 2)
+    elif model.mla:
+        # absorbed MLA: Q is n_head x (kv_lora + rope); V is the latent K cache, transposed per stream
+        attn = t * 12 * q_dim + cells.streams * cells.num_ctx * model.value_length * F16
+        attn += cells.num_ctx * t * n_head * F32
     else:
         attn = t * (4 * n_embd + 16 * q_dim + 4 * kv_dim)
         if has_attention:
-            n_kv = cells.num_ctx if not model.is_embedding else t
+            n_kv = t if no_cache else cells.num_ctx
             attn += n_kv * t * n_head * F32  # KQ scores (soft_max runs in place)
     attn += mask
 
     # feed-forward phase: gate, up, activation and down outputs of the widest layer
     ff = model.feed_forward_length
-    ffn_dense = t * (16 * ff + 2 * n_embd)
+    if _gated_ffn(model):  # gate, up, activation, down
+        ffn_dense = t * (16 * ff + 2 * n_embd)
+    else:  # up, activation, down (BERT, GPT-2 style)
+        ffn_dense = t * (4 * ff + 12 * n_embd)
     ffn_moe = 0
     if model.expert_count and model.expert_used_count:
         n_ff_exp = _expert_ff(model)
@@ -94,9 +104,17 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
 
     # output phase
     rows = logits_rows(model, run, cells)
-    out = rows * model.vocab_size * F32 + min(rows * 2, 2 * t) * n_embd * F32
+    vocab = 0 if model.is_embedding else model.vocab_size  # pooled embeddings, no logits
+    out = rows * vocab * F32 + min(rows * 2, 2 * t) * n_embd * F32
 
     return int(max(attn, ffn, ssm, out)) + 16 * 1024
+
+
+@lru_cache(maxsize=512)
+def _gated_ffn(model: ModelDescription) -> bool:
+    return not any(t.name.endswith("ffn_up.weight") for t in model.tensors) or any(
+        t.name.endswith(("ffn_gate.weight", "ffn_gate_exps.weight")) for t in model.tensors
+    )
 
 
 @lru_cache(maxsize=512)
