@@ -119,6 +119,7 @@ class Need:
     cuda_context: int  # per GPU used
     total: int  # all of the above on one GPU
     predicted_bytes: int  # what Ollama's /api/ps should report (no CUDA context)
+    correction: int = 0  # included in ``other``: how much its last real load exceeded the estimate
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ def decide(inp: Inputs) -> Decision:
         other = fp.gpu_total_bytes - fp.kv_bytes - fp.compute_bytes - _gpu_weights(fp) + inp.correction
         total = fp.gpu_total_bytes + inp.correction + policy.cuda_context
         return Need(n_ctx, parallel, batch, _gpu_weights(fp), fp.kv_bytes, fp.compute_bytes, other,
-                    policy.cuda_context, total, fp.gpu_total_bytes + inp.correction)
+                    policy.cuda_context, total, fp.gpu_total_bytes + inp.correction, inp.correction)
 
     budgets, evicts = gpu_budgets(inp, key, mode="now")
 

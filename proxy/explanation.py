@@ -27,7 +27,9 @@ def refusal_text(r: Refuse) -> str:
         f"vramgate refused to load {r.model}: it needs {_gib(need.total)} of GPU memory at num_ctx {need.num_ctx}"
         f" ({r.ctx_source}; weights {_gib(need.weights)}, KV cache {_gib(need.kv)} for {need.num_ctx} tokens"
         f" x {need.parallel} slot{'s' if need.parallel != 1 else ''}, compute {_gib(need.compute)},"
-        f" other {_gib(need.other + need.cuda_context)} incl. the CUDA context)"
+        f" other {_gib(need.other + need.cuda_context)} incl. the CUDA context"
+        + (f" and {_gib(need.correction)} its last load took beyond the estimate" if need.correction else "")
+        + ")"
     ]
     parts.append(" but " + "; ".join(_gpu_text(b) for b in r.budgets) + ".")
     held = _holders_text(r.holders)
@@ -137,6 +139,7 @@ def refusal_numbers(r: Refuse) -> dict[str, Any]:
                 "compute_bytes": n.compute,
                 "other_bytes": n.other,
                 "cuda_context_bytes": n.cuda_context,
+                "learned_correction_bytes": n.correction,
             },
             gpus=[_budget_json(b) for b in r.budgets],
             holders=[
