@@ -56,6 +56,8 @@ OPENAI_LOAD = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1
 PULLS = {"/api/pull", "/api/create"}
 INT_OPTIONS = ("num_ctx", "num_gpu", "num_batch", "main_gpu", "num_thread")
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+RESERVATION_TTL = 1800.0  # seconds; a load that takes longer is assumed lost
+_FORWARD_HAS_ON_DONE = "on_done" in Forward.__dataclass_fields__
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Gate:
         self.audit = audit or Audit(settings.audit_file)
         self.residency = Residency()
         self.reservations: list[Reservation] = []
+        self._reserved_at: dict[int, float] = {}
         self._lock = asyncio.Lock()
         self._described: dict[str, _Described] = {}
         self._tags: tuple[float, dict[str, str]] = (0.0, {})
@@ -142,6 +145,7 @@ class Gate:
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 log.warning("gate.ps_unavailable", error=str(exc) or type(exc).__name__)
                 return _untouched(request, "passed: Ollama unreachable")
+            self._expire_reservations()
             snap = self.probe.snapshot()
             server = await self._server(snap)
             inputs = self._inputs(name, route, options, desc, snap, server, residents)
@@ -150,6 +154,7 @@ class Gate:
             if isinstance(decision, Admit) and decision.need is not None and decision.per_gpu:
                 reservation = Reservation(model_key(name), decision.per_gpu, decision.evicts)
                 self.reservations.append(reservation)
+                self._reserved_at[id(reservation)] = time.monotonic()
             if isinstance(decision, Admit):
                 self.residency.begin(name)
         return self._answer(request, route, name, options, body, decision, reservation, snap)
@@ -219,13 +224,29 @@ class Gate:
         if decision.note:
             fields["note"] = decision.note
         self.audit.event(event, **fields)
-        return Forward(forwarded_body, admit_headers(decision), self._on_response(name, decision, reservation))
+        on_response, on_done = self._callbacks(name, decision, reservation)
+        if _FORWARD_HAS_ON_DONE:
+            return Forward(forwarded_body, admit_headers(decision), on_response, on_done=on_done)  # type: ignore[call-arg]
+        return Forward(forwarded_body, admit_headers(decision), on_response)
 
-    def _on_response(self, name: str, decision: Admit, reservation: Reservation | None):
+    def _callbacks(self, name: str, decision: Admit, reservation: Reservation | None):
+        """``on_response``: the load is over (release its reservation, check it); ``on_done``: the
+        request is over, the model is idle again (evictable). Without ``on_done`` in the relay, a
+        model counts as busy only until Ollama answered."""
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                self.residency.end(name)
+
         def done(status: int) -> None:
             if reservation is not None and reservation in self.reservations:
                 self.reservations.remove(reservation)
-            self.residency.end(name)
+                self._reserved_at.pop(id(reservation), None)
+            if status == 0 or not _FORWARD_HAS_ON_DONE:
+                end()
             self.probe.invalidate()
             if status == 200 and decision.need is not None and not decision.unchanged:
                 load = VramgateLoad(decision.num_ctx or 0, int(decision.options.get("num_gpu", -1)),
@@ -234,7 +255,7 @@ class Gate:
             if status == 200 and decision.need is not None:
                 self._spawn(self._check_spill(name, decision))
 
-        return done
+        return done, end
 
     async def _check_spill(self, name: str, decision: Admit) -> None:
         """Closed loop: did the admitted load really land entirely on the GPU?"""
@@ -361,6 +382,15 @@ class Gate:
             self._version_checked = time.monotonic()
         fa_ok = all(g.compute_capability is None or g.compute_capability >= (6, 0) for g in snap.gpus)
         return server_settings(self.settings, self._version, fa_ok)
+
+    def _expire_reservations(self) -> None:
+        """A safety net: a reservation whose answer never came (a relay bug) must not block forever."""
+        now = time.monotonic()
+        for res in list(self.reservations):
+            if now - self._reserved_at.get(id(res), now) > RESERVATION_TTL:
+                self.reservations.remove(res)
+                self._reserved_at.pop(id(res), None)
+                log.warning("gate.reservation_expired", model=res.model)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
