@@ -82,8 +82,11 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
 
     # feed-forward phase: gate, up, activation and down outputs of the widest layer
     ff = model.feed_forward_length
-    if _gated_ffn(model):  # gate, up, activation, down
-        ffn_dense = t * (16 * ff + 2 * n_embd)
+    kind = _ffn_kind(model)
+    if kind == "gated":  # separate gate and up projections
+        ffn_dense = t * (12 * ff + 16 * n_embd)
+    elif kind == "fused":  # one up projection of 2 x n_ff (phi3)
+        ffn_dense = t * (12 * ff + 12 * n_embd)
     else:  # up, activation, down (BERT, GPT-2 style)
         ffn_dense = t * (4 * ff + 12 * n_embd)
     ffn_moe = 0
@@ -111,10 +114,15 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
 
 
 @lru_cache(maxsize=512)
-def _gated_ffn(model: ModelDescription) -> bool:
-    return not any(t.name.endswith("ffn_up.weight") for t in model.tensors) or any(
-        t.name.endswith(("ffn_gate.weight", "ffn_gate_exps.weight")) for t in model.tensors
-    )
+def _ffn_kind(model: ModelDescription) -> str:
+    """gated (ffn_gate + ffn_up), fused (ffn_up of width 2 x n_ff) or plain (ffn_up only)."""
+    names = {t.name.split(".", 2)[-1]: t for t in model.tensors if t.name.startswith("blk.")}
+    if "ffn_gate.weight" in names or "ffn_up.weight" not in names:
+        return "gated"
+    up = names["ffn_up.weight"]
+    if len(up.shape) > 1 and model.feed_forward_length and up.shape[1] == 2 * model.feed_forward_length:
+        return "fused"
+    return "plain"
 
 
 @lru_cache(maxsize=512)
