@@ -83,3 +83,43 @@ class GpuModel:
             result = LoadResult(size=size, size_vram=max(0, room))
         self.peak = max(self.peak, self.held() + result.size_vram + self.cuda_context)
         return result
+
+
+def estimated_size(emu: Emulator) -> Callable[[str, LoadOptions], int]:
+    """Load sizes as llama.cpp would allocate them (batch 512), from the footprint estimator."""
+    from proxy.footprint import RunConfig, description_from_show, estimate
+
+    def size(name: str, wanted: LoadOptions) -> int:
+        desc = description_from_show(emu.models[name].show_response(True))
+        return estimate(desc, RunConfig(num_ctx=wanted.num_ctx)).gpu_total_bytes
+
+    return size
+
+
+def demo_emulator(free: int = 22 * GiB) -> Emulator:
+    """The catalogue used for demos: an 8B that fits a 24 GiB GPU, a 70B that never does."""
+    emu = Emulator(default_num_ctx=32768)
+    emu.add_model("llama3.1:8b", show_llama3_8b())
+    emu.add_model("llama3.1:70b", show_llama3_70b())
+    GpuModel(emu, free, estimated_size(emu), margin=1 * GiB).install()
+    return emu
+
+
+async def _serve_forever(port: int) -> None:
+    import asyncio
+
+    from tests.emulator import serve
+
+    running = await serve(demo_emulator().app(), port=port)
+    print(f"Ollama emulator on {running.url} with llama3.1:8b and llama3.1:70b", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await running.close()
+
+
+if __name__ == "__main__":  # python -m tests.emulator_gate [PORT]: an emulated Ollama for trying vramgate
+    import asyncio
+    import sys
+
+    asyncio.run(_serve_forever(int(sys.argv[1]) if len(sys.argv) > 1 else 11434))

@@ -8,10 +8,9 @@ import aiohttp
 import ollama
 import pytest
 
-from proxy.footprint import RunConfig, description_from_show, estimate
 from proxy.gate import build_admission
-from tests.emulator import Emulator, LoadOptions
-from tests.emulator_gate import GiB, GpuModel, show_llama3_8b, show_llama3_70b, show_mid
+from tests.emulator import Emulator
+from tests.emulator_gate import GiB, GpuModel, estimated_size, show_llama3_8b, show_llama3_70b, show_mid
 
 STATIC = [{"name": "RTX 4090", "total": "24GiB", "free": "22GiB", "bandwidth": "1008GB/s"}]
 FREE = 22 * GiB
@@ -21,12 +20,7 @@ CUDA = 500 * 1024**2
 
 def footprint_size(emu: Emulator):
     """What a load really takes in this emulated world: llama.cpp's buffers at batch 512."""
-
-    def size(name: str, wanted: LoadOptions) -> int:
-        desc = description_from_show(emu.models[name].show_response(True))
-        return estimate(desc, RunConfig(num_ctx=wanted.num_ctx)).gpu_total_bytes
-
-    return size
+    return estimated_size(emu)
 
 
 @pytest.fixture
