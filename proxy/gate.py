@@ -149,7 +149,11 @@ class Gate:
             snap = self.probe.snapshot()
             server = await self._server(snap)
             inputs = self._inputs(name, route, options, desc, snap, server, residents)
-            decision = decide(inputs)
+            try:
+                decision = decide(inputs)
+            except Exception:  # a model the estimator cannot size must not take the proxy down
+                log.exception("gate.decision_failed", model=name, route=request.path)
+                return _untouched(request, "passed: vramgate could not size this model")
             reservation = None
             if isinstance(decision, Admit) and decision.need is not None and decision.per_gpu:
                 reservation = Reservation(model_key(name), decision.per_gpu, decision.evicts)

@@ -92,6 +92,10 @@ class Residency:
         for m in ps_models:
             name = model_key(str(m.get("model") or m.get("name") or ""))
             present.add(name)
+            load = self.loads.get(name)
+            ctx = _int(m.get("context_length"))
+            if load is not None and ctx and ctx != load.num_ctx:  # reloaded since by someone else
+                del self.loads[name]
             residents.append(
                 Resident(
                     name=name,

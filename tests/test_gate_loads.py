@@ -218,3 +218,25 @@ async def test_official_client_surfaces_the_refusal(gate_url):
         async for _ in await client.chat(model="llama3:70b", messages=[{"role": "user", "content": "hi"}], stream=True):
             pass
     assert "cannot fit these GPUs" in info.value.error
+
+
+async def test_two_gpus_spread_a_model_neither_holds_alone(start_proxy, emulator):
+    two = [{"name": "RTX 4090", "total": "24GiB"}, {"name": "RTX 4090", "total": "24GiB"}]
+    url = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=two)
+    status, headers, _ = await post(url, "/api/generate", {"model": "llama3:70b", "prompt": "hi", "stream": False,
+                                                           "options": {"num_ctx": 8192}})
+    assert status == 200 and headers["X-Vramgate-Decision"] == "admitted num_ctx=8192 num_gpu=81"
+    # the default on 48 GiB is 262144, capped to the trained 131072: 77 GiB, so it is shrunk
+    emulator.runners.clear()
+    status, headers, _ = await post(url, "/api/generate", {"model": "llama3:70b", "prompt": "hi", "stream": False})
+    assert status == 200
+    frm, to = headers["X-Vramgate-Num-Ctx"].split(" -> ")
+    assert frm == "131072" and 8192 <= int(to) < 65536
+
+
+async def test_model_reloaded_elsewhere_is_not_sticky(gate_url, emulator):
+    assert (await post(gate_url, "/api/generate", {"model": "llama3:8b", "prompt": "hi", "stream": False,
+                                                   "options": {"num_ctx": 8192}}))[0] == 200
+    emulator.runners["llama3:8b"].context_length = 4096  # another client reloaded it behind vramgate's back
+    status, headers, _ = await post(gate_url, "/api/generate", {"model": "llama3:8b", "prompt": "hi", "stream": False})
+    assert status == 200 and headers["X-Vramgate-Decision"] == "admitted num_ctx=32768 num_gpu=33"
