@@ -240,3 +240,12 @@ async def test_model_reloaded_elsewhere_is_not_sticky(gate_url, emulator):
     emulator.runners["llama3:8b"].context_length = 4096  # another client reloaded it behind vramgate's back
     status, headers, _ = await post(gate_url, "/api/generate", {"model": "llama3:8b", "prompt": "hi", "stream": False})
     assert status == 200 and headers["X-Vramgate-Decision"] == "admitted num_ctx=32768 num_gpu=33"
+
+
+async def test_anthropic_messages_refusal_shape(gate_url, emulator):
+    status, _, body = await post(gate_url, "/v1/messages", {"model": "llama3:70b", "max_tokens": 10,
+                                                           "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 507
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert body["error"]["message"].startswith("vramgate refused to load llama3:70b")
+    assert emulator.received("/v1/messages") == []
