@@ -105,6 +105,7 @@ class GpuBudget:
     pending: int  # admitted loads not yet resident
     budget: int  # free + reclaimable - pending - reserve
     bandwidth: float
+    reclaim_from: tuple[tuple[str, int], ...] = ()  # (resident, bytes) in the order Ollama would evict
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def decide(inp: Inputs) -> Decision:
         return Need(n_ctx, parallel, batch, _gpu_weights(fp), fp.kv_bytes, fp.compute_bytes, other,
                     policy.cuda_context, total, fp.gpu_total_bytes + inp.correction, inp.correction)
 
-    budgets, evicts = gpu_budgets(inp, key, mode="now")
+    budgets = gpu_budgets(inp, key)
 
     def place_at(n_ctx: int, bud: tuple[GpuBudget, ...]) -> tuple[tuple[int, int], ...] | None:
         return place(inp.sizer, need_at(n_ctx), bud, policy, inp.correction)
@@ -245,6 +246,7 @@ def decide(inp: Inputs) -> Decision:
     placed = place_at(ctx, budgets)
     need = need_at(ctx)
     if placed is not None:
+        evicts = evictions(placed, budgets)
         if req.route == "openai":  # nothing can be carried: forward as it is
             return Admit({}, True, "admitted", ctx, ctx, need, placed, evicts, budgets)
         return Admit(_forward_options(opts, ctx, model.layers), False, "admitted", ctx, ctx, need, placed, evicts, budgets)
@@ -253,9 +255,10 @@ def decide(inp: Inputs) -> Decision:
     fits_now = largest_ctx(lambda n: place_at(n, budgets) is not None, ctx, 256)
     if req.route == "native" and fits_now is not None and fits_now >= floor:
         need_small = need_at(fits_now)
+        placed_small = place_at(fits_now, budgets) or ()
         return Admit(
             _forward_options(opts, fits_now, model.layers), False, "rewritten", fits_now, ctx, need_small,
-            place_at(fits_now, budgets) or (), evicts, budgets,
+            placed_small, evictions(placed_small, budgets), budgets,
         )
 
     # Refuse: would it fit once every other holder lets go (503), or never on these GPUs (507)?
@@ -315,27 +318,48 @@ def effective_ctx(inp: Inputs) -> tuple[int, str]:
     return ctx, source
 
 
-def gpu_budgets(inp: Inputs, key: str, mode: str = "now") -> tuple[tuple[GpuBudget, ...], frozenset[str]]:
-    """Per GPU memory a new load of ``key`` may use now, and the residents it counts on evicting."""
+def gpu_budgets(inp: Inputs, key: str) -> tuple[GpuBudget, ...]:
+    """Per GPU memory a new load of ``key`` may use now.
+
+    Reclaimable: this model's own runner (a reload replaces it) and, with ``evict_idle``, idle
+    residents not already counted on by an admitted load; own runner first, then the ones whose
+    keep-alive ends soonest (Ollama's eviction order).
+    """
     policy, snap = inp.policy, inp.gpus
     claimed = frozenset().union(*(r.evicts for r in inp.reservations)) if inp.reservations else frozenset()
-    evicts: set[str] = set()
+    order = sorted(inp.residents, key=lambda r: (r.name != key, r.expires_at or ""))
     out = []
     for gpu in snap.gpus:
         held = 0  # what Ollama holds here that the snapshot's free does not already exclude
-        reclaim = 0
-        for r in inp.residents:
+        reclaim_from = []
+        for r in order:
             charge = resident_charge(r, gpu, snap, policy)
             if not snap.includes_ollama:
                 held += charge
             if charge and r.name not in claimed and (r.name == key or (policy.evict_idle and not r.busy)):
-                reclaim += charge
-                evicts.add(r.name)
+                reclaim_from.append((r.name, charge))
+        reclaim = sum(b for _, b in reclaim_from)
         pending = sum(b for res in inp.reservations for i, b in res.per_gpu if i == gpu.index)
         free = max(0, gpu.free - held)
         budget = free + reclaim - pending - policy.reserve
-        out.append(GpuBudget(gpu.index, gpu.name, gpu.total, free, reclaim, pending, budget, gpu.bandwidth))
-    return tuple(out), frozenset(evicts)
+        out.append(GpuBudget(gpu.index, gpu.name, gpu.total, free, reclaim, pending, budget, gpu.bandwidth,
+                             tuple(reclaim_from)))
+    return tuple(out)
+
+
+def evictions(placed: tuple[tuple[int, int], ...], budgets: tuple[GpuBudget, ...]) -> frozenset[str]:
+    """The residents a placement needs gone: only as many as cover each GPU's shortfall."""
+    by_index = {b.index: b for b in budgets}
+    names: set[str] = set()
+    for index, need in placed:
+        b = by_index[index]
+        shortfall = need - (b.budget - b.reclaimable)
+        for name, size in b.reclaim_from:
+            if shortfall <= 0:
+                break
+            names.add(name)
+            shortfall -= size
+    return frozenset(names)
 
 
 def empty_budgets(inp: Inputs) -> tuple[GpuBudget, ...]:

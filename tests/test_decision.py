@@ -254,3 +254,12 @@ def test_effective_ctx_sources():
     assert effective_ctx(inputs(route="openai", options={"num_ctx": 9000})) == (32768, "server default")
     ctx, source = effective_ctx(inputs(options={"num_ctx": 999999}, trained=131072))
     assert ctx == 131072 and "capped" in source
+
+
+def test_only_the_evictions_needed_are_claimed():
+    # two idle 7 GiB models: free 24 - 15 = 9, budget 8 + 15 = 23; 12 GiB weights at 8192 need 14 GiB,
+    # so one eviction (the one expiring first) is enough and the other stays available.
+    a = Resident("a:latest", 7 * GiB, 7 * GiB, 2048, expires_at="2026-11-24T23:00:00Z")
+    b = Resident("b:latest", 7 * GiB, 7 * GiB, 2048, expires_at="2026-11-24T22:10:00Z")
+    d = decide(inputs(weights=12 * GiB, options={"num_ctx": 8192}, residents=[a, b]))
+    assert isinstance(d, Admit) and d.evicts == {"b:latest"}
