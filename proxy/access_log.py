@@ -1,37 +1,62 @@
-"""One ``access`` event per request: who asked what, how it ended, how long it took. Never bodies."""
+"""One ``access`` event per request: who asked what, how it ended, how long it took. Never bodies.
+
+With JSON output (the default) the line is written directly in the same shape structlog's
+JSONRenderer gives (logger, fields, event, level, timestamp): a full structlog processor chain
+costs ~14 us per request, a third of what vramgate may add to a request in total. Lines are
+flushed at most a quarter second later. Console output goes through structlog as usual.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+from datetime import datetime, timezone
 from typing import Any
 
-from proxy.logging_setup import get_logger
+from proxy.logging_setup import current, get_logger
+
+FLUSH_DELAY = 0.25
+_encode = json.JSONEncoder(separators=(", ", ": ")).encode
 
 
 class AccessLog:
     def __init__(self) -> None:
+        output = current()
+        self._enabled = output.level <= logging.INFO
+        self._stream = output.stream if output.json else None
         self._log: Any = get_logger("vramgate.access")
+        self._flush_pending = False
 
-    def record(
-        self,
-        *,
-        method: str,
-        path: str,
-        status: int,
-        sent: int,
-        duration: float,
-        client: str,
-        ttfb: float | None,
-        outcome: str = "ok",
-    ) -> None:
+    def record(self, method: str, path: str, status: int, sent: int, duration: float, client: str,
+               ttfb: float | None, outcome: str = "ok") -> None:
         """``sent`` = body bytes to the client; ``duration``/``ttfb`` in seconds (ttfb: upstream headers)."""
-        self._log.info(
-            "access",
-            method=method,
-            path=path,
-            status=status,
-            bytes=sent,
-            duration_ms=round(duration * 1000, 3),
-            upstream_ttfb_ms=None if ttfb is None else round(ttfb * 1000, 3),
-            client=client,
-            outcome=outcome,
-        )
+        if not self._enabled:
+            return
+        duration_ms = round(duration * 1000, 3)
+        ttfb_ms = None if ttfb is None else round(ttfb * 1000, 3)
+        if self._stream is None:
+            self._log.info("access", method=method, path=path, status=status, bytes=sent, duration_ms=duration_ms,
+                           upstream_ttfb_ms=ttfb_ms, client=client, outcome=outcome)
+            return
+        stamp = datetime.now(timezone.utc).isoformat()[:-6] + "Z"
+        self._stream.write(
+            '{"logger": "vramgate.access", "method": %s, "path": %s, "status": %d, "bytes": %d, '
+            '"duration_ms": %s, "upstream_ttfb_ms": %s, "client": %s, "outcome": "%s", '
+            '"event": "access", "level": "info", "timestamp": "%s"}\n'
+            % (_encode(method), _encode(path), status, sent, _encode(duration_ms), _encode(ttfb_ms),
+               _encode(client), outcome, stamp))
+        if not self._flush_pending:
+            self._flush_pending = True
+            try:
+                asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        if self._stream is not None:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass

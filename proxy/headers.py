@@ -1,39 +1,59 @@
-"""Which headers a proxy must not pass on (RFC 9110 §7.6.1) and the copies made per request."""
+"""Which headers a proxy must not pass on (RFC 9110 §7.6.1), applied to raw header lists.
+
+Works on aiohttp's ``raw_headers`` (bytes pairs) so a request costs one pass over its headers and
+one ``b"".join`` for the upstream request head.
+"""
 
 from __future__ import annotations
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
-# Lower-case names; compared against ``name.lower()``.
 HOP_BY_HOP = frozenset({
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+    b"connection",
+    b"keep-alive",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
 })
+# Replaced by the relay: Host (the upstream's), Expect (100-continue was answered to the client already).
+_REQUEST_DROP = HOP_BY_HOP | {b"host", b"expect"}
+_BODY_DROP = _REQUEST_DROP | {b"content-length"}
+_CONTENT_TYPE = b"content-type"
 
 
-def _named_in_connection(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
-    values = headers.getall("Connection", ())
-    if not values:
-        return frozenset()
-    return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
+def _connection_tokens(raw: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names listed in Connection (they are hop-by-hop too)."""
+    tokens: set[bytes] = set()
+    for name, value in raw:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
 
 
-def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str], *, drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
-    """A copy of ``headers`` without hop-by-hop ones (also those the Connection header names) or ``drop``."""
-    skip = HOP_BY_HOP | drop | _named_in_connection(headers)
+def request_header_lines(raw: tuple[tuple[bytes, bytes], ...], *, body_replaced: bool = False) -> list[bytes]:
+    """``b"Name: value\\r\\n"`` lines to send upstream; without Content-Length when the body is replaced."""
+    drop = _BODY_DROP if body_replaced else _REQUEST_DROP
+    named = _connection_tokens(raw)
+    if named:
+        drop = drop | named
+    return [name + b": " + value + b"\r\n" for name, value in raw if name.lower() not in drop]
+
+
+def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[CIMultiDict[str], bytes]:
+    """End-to-end response headers for the client, and the Content-Type (lower-case bytes, b"" if none)."""
+    named = _connection_tokens(raw)
+    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if name.lower() not in skip:
-            out.add(name, value)
-    return out
-
-
-# Headers of the client's request that the relay replaces itself.
-REQUEST_DROP = frozenset({"host"})
+    content_type = b""
+    for name, value in raw:
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == _CONTENT_TYPE:
+            content_type = value.lower()
+        out.add(name.decode("latin-1"), value.decode("latin-1"))
+    return out, content_type

@@ -1,13 +1,15 @@
 """structlog set-up: JSON lines on stdout by default, the console renderer when stdout is a TTY.
 
 Configured once at start-up with a cached, level-filtering logger so a log call that is filtered
-out costs almost nothing and one that is emitted runs a three-step processor chain.
+out costs almost nothing. ``current()`` tells the access log how output is configured, so it can
+write its (very frequent) JSON lines itself in the same shape at a fraction of the cost.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
@@ -15,7 +17,18 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+@dataclass(frozen=True)
+class LogOutput:
+    stream: TextIO
+    json: bool  # JSON lines (else the console renderer)
+    level: int
+
+
+_current = LogOutput(sys.stdout, True, logging.INFO)
+
+
 def configure_logging(log_format: str = "auto", log_level: str = "info", stream: TextIO | None = None) -> None:
+    global _current
     out = stream if stream is not None else sys.stdout
     console = log_format == "console" or (log_format == "auto" and out.isatty())
     renderer: Any = (
@@ -34,6 +47,11 @@ def configure_logging(log_format: str = "auto", log_level: str = "info", stream:
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
+    _current = LogOutput(out, not console, _LEVELS[log_level])
+
+
+def current() -> LogOutput:
+    return _current
 
 
 def get_logger(name: str) -> Any:

@@ -2,8 +2,8 @@
 
 Everything the admission does not inspect is streamed both ways: the request body as it arrives
 (multi-GB blob uploads stay flat in memory), the response chunk by chunk as the upstream flushes
-it (no buffering, no re-parsing). Only hop-by-hop headers change, and ``Host`` (the upstream's,
-which aiohttp sets from the URL) because Ollama rejects foreign Host headers.
+it (no buffering, no re-parsing). Only hop-by-hop headers change, and ``Host`` (the upstream's)
+because Ollama rejects foreign Host headers.
 
 Failures keep Ollama's shapes: unreachable upstream -> 502 naming it; an NDJSON stream that dies
 before its ``done`` line gets one ``{"error": ...}`` line, as Ollama itself does for in-stream
@@ -12,25 +12,23 @@ errors; any other truncated body is cut off (the connection is aborted) so the c
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from time import perf_counter
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
 from proxy.access_log import AccessLog
 from proxy.admission import Admission, AdmissionRequest, Forward, Respond
 from proxy.errors import error_response, stream_error_line
-from proxy.headers import REQUEST_DROP, end_to_end
+from proxy.headers import request_header_lines, response_headers
+from proxy.upstream import UpstreamBodyError, UpstreamPool, UpstreamResponse, UpstreamUnreachable
 
 MAX_INSPECTED_BODY = 256 * 1024**2
 DONE_MARK = b'"done":true'
-_STREAMED_TYPES = ("application/x-ndjson", "text/event-stream")
-# aiohttp's client would otherwise add headers the client never sent.
-_SKIP_AUTO = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+NDJSON = b"application/x-ndjson"
+_STREAMED_TYPES = (b"application/x-ndjson", b"text/event-stream")
+_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 
 
 class RelayResponse(web.StreamResponse):
@@ -47,106 +45,96 @@ class RelayResponse(web.StreamResponse):
 class Relay:
     def __init__(
         self,
-        upstream: str,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         admission: Admission,
         access: AccessLog,
         *,
         max_inspected_body: int | None = None,
     ) -> None:
-        self.upstream = upstream.rstrip("/")
-        self._session = session
+        self.upstream = pool.base_url
+        self._pool = pool
         self._admission = admission
         self._access = access
         self._max_inspected = max_inspected_body or MAX_INSPECTED_BODY
 
-    def attach(self, session: aiohttp.ClientSession, admission: Admission) -> None:
-        """Set the upstream session and admission once the event loop runs (app start-up)."""
-        self._session = session
+    def attach(self, admission: Admission) -> None:
+        """Set the admission once the event loop runs (app start-up)."""
         self._admission = admission
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = perf_counter()
         method = request.method
         path = request.path
-        client = request.remote or ""
-        headers = end_to_end(request.headers, drop=REQUEST_DROP)
         forward: Forward | None = None
-        data: bytes | AsyncIterator[bytes] | None = None
+        body: bytes | AsyncIterator[bytes] | None = None
+        chunked = False
 
         if self._admission.inspects(method, path):
-            body = await _read_bounded(request, self._max_inspected)
-            if body is None:
+            inspected = await _read_bounded(request, self._max_inspected)
+            if inspected is None:
                 limit_mib = self._max_inspected // 1024**2
                 return self._answer(request, error_response(
                     path, f"request body too large for vramgate to inspect (limit {limit_mib} MiB)", 413),
-                    started, client, "too_large")
-            decision = await self._admission.admit(AdmissionRequest(method, path, request.headers, body, client))
+                    started, "too_large")
+            decision = await self._admission.admit(
+                AdmissionRequest(method, path, request.headers, inspected, request.remote or ""))
             if isinstance(decision, Respond):
                 answer = web.Response(status=decision.status, body=decision.body, headers=dict(decision.headers))
-                return self._answer(request, answer, started, client, "answered")
+                return self._answer(request, answer, started, "answered")
             forward = decision
-            data = decision.body
-            headers.popall("Content-Length", None)
-            headers["Content-Length"] = str(len(data))
-        elif request.body_exists:
-            data = _stream_body(request.content)
+            body = decision.body
+            lines = request_header_lines(request.raw_headers, body_replaced=True)
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+        else:
+            lines = request_header_lines(request.raw_headers)
+            if request.body_exists:
+                body = _stream_body(request.content)
+                chunked = request.content_length is None
 
-        notify = _Once(forward.on_response if forward is not None else None)
-        url = URL(self.upstream + request.raw_path, encoded=True)
+        on_response = forward.on_response if forward is not None else None
         try:
-            upstream = await self._session.request(
-                method, url, headers=headers, data=data, allow_redirects=False,
-                skip_auto_headers=_SKIP_AUTO,
-            )
-        except asyncio.CancelledError:
-            notify(0)
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            notify(0)
-            reason = _describe(exc)
+            upstream = await self._pool.request(method, request.raw_path.encode(), lines, body, chunked=chunked)
+        except UpstreamUnreachable as exc:
+            if on_response is not None:
+                on_response(0)
             return self._answer(request, error_response(
-                path, f"vramgate cannot reach the upstream Ollama at {self.upstream}: {reason}", 502),
-                started, client, "upstream_unreachable")
+                path, f"vramgate cannot reach the upstream Ollama at {self.upstream}: {exc}", 502),
+                started, "upstream_unreachable")
+        except BaseException:
+            if on_response is not None:
+                on_response(0)
+            raise
         ttfb = perf_counter() - started
-        notify(upstream.status)
+        if on_response is not None:
+            on_response(upstream.status)
         try:
-            return await self._relay(request, upstream, forward, started, ttfb, client)
+            return await self._relay(request, upstream, forward, started, ttfb)
         finally:
             upstream.close()
 
-    async def _relay(
-        self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        forward: Forward | None,
-        started: float,
-        ttfb: float,
-        client: str,
-    ) -> web.StreamResponse:
-        out_headers = end_to_end(upstream.headers)
+    async def _relay(self, request: web.Request, upstream: UpstreamResponse, forward: Forward | None,
+                     started: float, ttfb: float) -> web.StreamResponse:
+        headers, content_type = response_headers(upstream.headers)
         if forward is not None and forward.response_headers:
-            out_headers.update(forward.response_headers)
-        content_type = upstream.headers.get("Content-Type", "")
+            headers.update(forward.response_headers)
         streamed = content_type.startswith(_STREAMED_TYPES)
-        if streamed and "X-Accel-Buffering" not in out_headers:
-            out_headers["X-Accel-Buffering"] = "no"  # an nginx in front must not buffer streams
-        known_length = "Content-Length" in out_headers
-        out = RelayResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
-        out._keep_server = "Server" in out_headers
+        if streamed and "X-Accel-Buffering" not in headers:
+            headers["X-Accel-Buffering"] = "no"  # an nginx in front must not buffer streams
+        known_length = upstream.content_length is not None
+        out = RelayResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        out._keep_server = "Server" in headers
         if known_length:
             out._send_headers_immediately = False  # one write for headers + a small body
         await out.prepare(request)
 
-        ndjson = content_type.startswith("application/x-ndjson")
+        ndjson = content_type.startswith(NDJSON)
         sent = 0
         done_seen = False
         tail = b""
         last = b"\n"
-        content = upstream.content
         outcome = "ok"
         try:
-            while chunk := await content.readany():
+            while chunk := await upstream.read():
                 await out.write(chunk)
                 sent += len(chunk)
                 if ndjson and not done_seen:
@@ -154,57 +142,41 @@ class Relay:
                     done_seen = DONE_MARK in chunk or DONE_MARK in tail + chunk[:16]
                     tail = chunk[-16:]
                 last = chunk
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        except _CLIENT_GONE:
             outcome = "client_gone"
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+        except UpstreamBodyError as exc:
             outcome = "upstream_failed"
             if ndjson and not done_seen and not known_length:
-                line = stream_error_line(
-                    f"vramgate: the upstream Ollama at {self.upstream} ended the stream early: {_describe(exc)}")
+                line = stream_error_line(f"vramgate: the upstream Ollama at {self.upstream} ended the stream early: {exc}")
                 extra = line if last.endswith(b"\n") else b"\n" + line
                 try:
                     await out.write(extra)
                     sent += len(extra)
-                except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                except _CLIENT_GONE:
                     outcome = "client_gone"
             elif not (ndjson and done_seen and not known_length):
                 # a truncated body must not look complete: cut the client connection
                 if request.transport is not None:
                     request.transport.abort()
-                self._log_access(request, upstream.status, sent, started, ttfb, client, outcome)
+                self._log(request, upstream.status, sent, started, ttfb, outcome)
                 return out
         if outcome != "client_gone":
             try:
                 await out.write_eof()
-            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            except _CLIENT_GONE:
                 outcome = "client_gone"
-        self._log_access(request, upstream.status, sent, started, ttfb, client, outcome)
+        self._log(request, upstream.status, sent, started, ttfb, outcome)
         return out
 
-    def _answer(self, request: web.Request, response: web.Response, started: float, client: str, outcome: str) -> web.Response:
+    def _answer(self, request: web.Request, response: web.Response, started: float, outcome: str) -> web.Response:
         body = response.body
         size = len(body) if isinstance(body, (bytes, bytearray)) else 0
-        self._log_access(request, response.status, size, started, None, client, outcome)
+        self._log(request, response.status, size, started, None, outcome)
         return response
 
-    def _log_access(self, request: web.Request, status: int, sent: int, started: float, ttfb: float | None,
-                    client: str, outcome: str) -> None:
-        self._access.record(method=request.method, path=request.path, status=status, sent=sent,
-                            duration=perf_counter() - started, client=client, ttfb=ttfb, outcome=outcome)
-
-
-class _Once:
-    """Calls ``on_response`` at most once."""
-
-    __slots__ = ("_callback",)
-
-    def __init__(self, callback: Callable[[int], None] | None) -> None:
-        self._callback = callback
-
-    def __call__(self, status: int) -> None:
-        callback, self._callback = self._callback, None
-        if callback is not None:
-            callback(status)
+    def _log(self, request: web.Request, status: int, sent: int, started: float, ttfb: float | None, outcome: str) -> None:
+        self._access.record(request.method, request.path, status, sent, perf_counter() - started,
+                            request.remote or "", ttfb, outcome)
 
 
 async def _stream_body(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
@@ -224,9 +196,3 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
             return None
     return bytes(buf)
 
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if isinstance(exc, asyncio.TimeoutError) or isinstance(exc, aiohttp.ServerTimeoutError):
-        return text or "timed out"
-    return text or type(exc).__name__

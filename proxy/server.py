@@ -19,6 +19,7 @@ from proxy.admission import Admission, PassThrough
 from proxy.logging_setup import configure_logging, get_logger
 from proxy.relay import Relay
 from proxy.settings import Settings
+from proxy.upstream import UpstreamPool
 
 AdmissionFactory = Callable[[Settings, aiohttp.ClientSession], Admission]
 
@@ -39,7 +40,10 @@ def create_app(
     (the fit gate needs it for its own calls to Ollama). An admission may have ``async start()`` /
     ``async close()``; they run at app start-up and clean-up.
     """
-    relay = Relay(settings.upstream, _unstarted_session(), PassThrough(), AccessLog())
+    pool = UpstreamPool(settings.upstream, connect_timeout=settings.connect_timeout,
+                        read_timeout=settings.read_timeout)
+    access = AccessLog()
+    relay = Relay(pool, PassThrough(), access)
     app = web.Application(handler_args={"max_field_size": 65536})
     app[SETTINGS_KEY] = settings
 
@@ -53,14 +57,16 @@ def create_app(
         try:
             if callable(getattr(chosen, "start", None)):
                 await chosen.start()
-            relay.attach(session, chosen)
+            relay.attach(chosen)
             yield
         finally:
             try:
                 if callable(getattr(chosen, "close", None)):
                     await chosen.close()
             finally:
+                await pool.close()
                 await session.close()
+                access.flush()
 
     app.cleanup_ctx.append(upstream_context)
     app.router.add_route("*", "/{tail:.*}", relay.handle)
@@ -68,16 +74,12 @@ def create_app(
 
 
 def new_upstream_session(settings: Settings) -> aiohttp.ClientSession:
-    """One pooled session per process: short connect timeout, no read timeout unless configured."""
+    """The session the admission uses for its own calls to Ollama (the relay has its own pool)."""
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30, enable_cleanup_closed=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
                                     sock_read=settings.read_timeout or None)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                  cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
-
-
-def _unstarted_session() -> Any:
-    return None  # replaced by Relay.attach at start-up
 
 
 def make_runner(app: web.Application, shutdown_grace: float) -> web.AppRunner:

@@ -49,13 +49,19 @@ async def start_process(upstream: str, **env: str) -> ProxyProcess:
         cwd=REPO, env=clean, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     before: list[dict[str, Any]] = []
-    while True:
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
-        assert line, f"vramgate exited before starting: {before}"
-        event = json.loads(line)
-        if event["event"] == "vramgate started":
-            return ProxyProcess(proc, "http://" + event["listen"], [*before, event])
-        before.append(event)
+    try:
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
+            assert line, f"vramgate exited before starting: {before}"
+            event = json.loads(line)
+            if event["event"] == "vramgate started":
+                return ProxyProcess(proc, "http://" + event["listen"], [*before, event])
+            before.append(event)
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
 
 
 @pytest.fixture
