@@ -133,7 +133,8 @@ class Gate:
             return _untouched(request, "passed invalid options")
         options = {k: (int(v) if k in INT_OPTIONS and isinstance(v, float) else v) for k, v in options.items()}
         if route == "native" and _is_unload(request.path, body):
-            return _untouched(request, "unload")
+            # never refused; the memory it frees is read afresh on the next decision
+            return Forward(request.body, {"X-Vramgate-Decision": "unload"}, lambda status: self.probe.invalidate())
 
         described = await self._describe(name)
         if described is None:
@@ -290,6 +291,8 @@ class Gate:
                     await resp.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("gate.unload_failed", model=name, error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(0.5)  # drivers report freed memory with a lag
+            self.probe.invalidate()
 
     # --- pulls --------------------------------------------------------------------------------
     async def _admit_pull(self, request: AdmissionRequest, body: dict[str, Any]) -> Forward | Respond:

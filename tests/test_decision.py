@@ -263,3 +263,36 @@ def test_only_the_evictions_needed_are_claimed():
     b = Resident("b:latest", 7 * GiB, 7 * GiB, 2048, expires_at="2026-11-24T22:10:00Z")
     d = decide(inputs(weights=12 * GiB, options={"num_ctx": 8192}, residents=[a, b]))
     assert isinstance(d, Admit) and d.evicts == {"b:latest"}
+
+
+def test_parallel_slots_multiply_the_kv_cache():
+    # OLLAMA_NUM_PARALLEL=4: KV room 23 - 5 = 18 GiB = 147456 tokens in all, 36864 per slot
+    server = ServerSettings((0, 30, 0), "0.30.0", 4, "f16", True, 0, 0)
+    d = decide(inputs(options={"num_ctx": 65536}, server=server))
+    assert isinstance(d, Admit) and d.rewritten and d.num_ctx == 36864 and d.need.parallel == 4
+
+
+def test_embedding_models_use_one_slot():
+    server = ServerSettings((0, 30, 0), "0.30.0", 4, "f16", True, 0, 0)
+    inp = inputs(options={"num_ctx": 65536}, server=server)
+    inp = Inputs(inp.request, ModelFacts("m", 33, 262144, True, {}), inp.sizer, server, inp.gpus, policy=POLICY)
+    d = decide(inp)
+    assert isinstance(d, Admit) and d.num_ctx == 65536 and d.need.parallel == 1
+
+
+@pytest.mark.parametrize(
+    "options,modelfile,version,expected",
+    [({"num_batch": 128}, {}, "0.30.0", 128), ({}, {"num_batch": 256}, "0.30.0", 256), ({}, {}, "0.30.0", 1024),
+     ({}, {}, "0.24.0", 512)],
+)
+def test_num_batch_sizes_the_load(options, modelfile, version, expected):
+    seen = []
+
+    def size(num_ctx, parallel, num_batch):
+        seen.append(num_batch)
+        return sizer(4 * GiB)(num_ctx, parallel, num_batch)
+
+    server = ServerSettings(parse_version(version), version, 1, "f16", True, 0, 0)
+    inp = inputs(options={"num_ctx": 8192, **options}, modelfile=modelfile, server=server)
+    decide(Inputs(inp.request, inp.model, size, server, inp.gpus, policy=POLICY))
+    assert set(seen) == {expected}

@@ -249,3 +249,11 @@ async def test_anthropic_messages_refusal_shape(gate_url, emulator):
     assert body["type"] == "error" and body["error"]["type"] == "api_error"
     assert body["error"]["message"].startswith("vramgate refused to load llama3:70b")
     assert emulator.received("/v1/messages") == []
+
+
+async def test_server_kv_cache_type_changes_what_fits(start_proxy, emulator, gpu):
+    # OLLAMA_KV_CACHE_TYPE=q8_0 halves the KV cache: 131072 tokens of the 8B now fit without a rewrite
+    url = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=STATIC, kv_cache_type="q8_0")
+    status, headers, _ = await post(url, "/api/generate", {"model": "llama3:8b", "prompt": "hi", "stream": False,
+                                                           "options": {"num_ctx": 131072}})
+    assert status == 200 and headers["X-Vramgate-Decision"] == "admitted num_ctx=131072 num_gpu=33"
