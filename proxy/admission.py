@@ -31,6 +31,9 @@ class Forward:
     # Called exactly once when the upstream answered (its status) or failed (0): the load is
     # over either way. Must not block; spawn a task for anything slow.
     on_response: Callable[[int], None] | None = None
+    # Called exactly once when the relayed exchange is over in any way (body ended, client gone,
+    # upstream failed or unreachable), after on_response. Must not block either.
+    on_done: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)

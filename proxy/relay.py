@@ -91,6 +91,16 @@ class Relay:
                 body = _stream_body(request.content)
                 chunked = request.content_length is None
 
+        if forward is not None and forward.on_done is not None:
+            try:
+                return await self._forward(request, method, path, lines, body, chunked, forward, started)
+            finally:
+                forward.on_done()
+        return await self._forward(request, method, path, lines, body, chunked, forward, started)
+
+    async def _forward(self, request: web.Request, method: str, path: str, lines: list[bytes],
+                       body: bytes | AsyncIterator[bytes] | None, chunked: bool, forward: Forward | None,
+                       started: float) -> web.StreamResponse:
         on_response = forward.on_response if forward is not None else None
         try:
             upstream = await self._pool.request(method, request.raw_path.encode(), lines, body, chunked=chunked)

@@ -22,6 +22,7 @@ class Scripted:
     decide: str = "forward"  # forward | respond | rewrite
     seen: list[AdmissionRequest] = field(default_factory=list)
     responses: list[int] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
 
     def inspects(self, method: str, path: str) -> bool:
         return method == "POST" and path in ("/api/generate", "/v1/chat/completions")
@@ -35,7 +36,11 @@ class Scripted:
             data = json.loads(body)
             data["options"] = {"num_ctx": 2048, "num_gpu": 99}
             body = json.dumps(data).encode()
-        return Forward(body, {"X-Vramgate-Decision": "fits"}, self.responses.append)
+        def on_response(status: int) -> None:
+            self.responses.append(status)
+            self.events.append(f"response {status}")
+
+        return Forward(body, {"X-Vramgate-Decision": "fits"}, on_response, lambda: self.events.append("done"))
 
 
 async def test_respond_answers_without_reaching_upstream(emulator: Emulator, start_proxy: StartProxy) -> None:
@@ -60,7 +65,7 @@ async def test_forward_sends_rewritten_body_and_reports_status_once(emulator: Em
     assert seen.json["options"] == {"num_ctx": 2048, "num_gpu": 99}
     assert int(seen.headers["Content-Length"]) == len(seen.body)
     assert emulator.runners["llama3:8b"].context_length == 2048
-    assert gate.responses == [200]
+    assert gate.responses == [200] and gate.events == ["response 200", "done"]
     # untouched routes stream past the gate
     await ollama.AsyncClient(host=url).chat(model="llama3:8b", messages=[{"role": "user", "content": "x"}])
     assert len(gate.seen) == 1
@@ -75,7 +80,22 @@ async def test_forward_to_dead_upstream_reports_zero(start_proxy: StartProxy) ->
     with pytest.raises(ollama.ResponseError) as raised:
         await ollama.AsyncClient(host=url).generate(model="llama3:8b", prompt="hi")
     assert raised.value.status_code == 502
-    assert gate.responses == [0]
+    assert gate.responses == [0] and gate.events == ["response 0", "done"]
+
+
+async def test_done_is_reported_once_when_the_client_goes_away(emulator: Emulator, start_proxy: StartProxy) -> None:
+    from tests.emulator import Fault
+
+    emulator.inject(Fault("/api/generate", "hang", after=1))
+    gate = Scripted()
+    url = await start_proxy(admission=gate)
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(url + "/api/generate", json={"model": "llama3:8b", "prompt": "hi"})
+        await resp.content.readline()
+        assert gate.events == ["response 200"]  # still streaming
+        resp.close()
+    assert await emulator.wait_for(lambda: bool(emulator.disconnects), timeout=1.0)
+    assert gate.events == ["response 200", "done"]
 
 
 async def test_oversized_inspected_body_gets_413(emulator: Emulator, start_proxy: StartProxy,
