@@ -124,3 +124,17 @@ def test_manifest_sizes():
     assert sizes.download_bytes == 4 * GiB + 600 * 1024**2 + 1432 + 12321 + 96
     assert manifest_sizes({"layers": [{"mediaType": "application/vnd.ollama.image.tensor", "size": 5}]}) is None
     assert parse_model_name("bad name") is None
+
+
+async def test_official_client_surfaces_pull_refusal(start_proxy, emulator, registry):
+    import ollama
+
+    url = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=STATIC, registry=registry.url)
+    client = ollama.AsyncClient(host=url)
+    with pytest.raises(ollama.ResponseError) as info:
+        async for _ in await client.pull("llama3:70b", stream=True):
+            pass
+    assert info.value.status_code == 507
+    assert info.value.error.startswith("vramgate refused to pull llama3:70b: its weights are 39.6 GiB")
+    progress = [p.status async for p in await client.pull("llama3:8b", stream=True)]
+    assert progress[0] == "pulling manifest" and progress[-1] == "success"
