@@ -57,7 +57,6 @@ PULLS = {"/api/pull", "/api/create"}
 INT_OPTIONS = ("num_ctx", "num_gpu", "num_batch", "main_gpu", "num_thread")
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 RESERVATION_TTL = 1800.0  # seconds; a load that takes longer is assumed lost
-_FORWARD_HAS_ON_DONE = "on_done" in Forward.__dataclass_fields__
 
 
 @dataclass
@@ -230,28 +229,19 @@ class Gate:
             fields["note"] = decision.note
         self.audit.event(event, **fields)
         on_response, on_done = self._callbacks(name, decision, reservation)
-        if _FORWARD_HAS_ON_DONE:
-            return Forward(forwarded_body, admit_headers(decision), on_response, on_done=on_done)  # type: ignore[call-arg]
-        return Forward(forwarded_body, admit_headers(decision), on_response)
+        return Forward(forwarded_body, admit_headers(decision), on_response, on_done)
 
     def _callbacks(self, name: str, decision: Admit, reservation: Reservation | None):
         """``on_response``: the load is over (release its reservation, check it); ``on_done``: the
-        request is over, the model is idle again (evictable). Without ``on_done`` in the relay, a
-        model counts as busy only until Ollama answered."""
-        ended = False
+        request is over, so the model is idle again (Ollama may evict it)."""
 
         def end() -> None:
-            nonlocal ended
-            if not ended:
-                ended = True
-                self.residency.end(name)
+            self.residency.end(name)
 
         def done(status: int) -> None:
             if reservation is not None and reservation in self.reservations:
                 self.reservations.remove(reservation)
                 self._reserved_at.pop(id(reservation), None)
-            if status == 0 or not _FORWARD_HAS_ON_DONE:
-                end()
             self.probe.invalidate()
             if status == 200 and decision.need is not None and not decision.unchanged:
                 load = VramgateLoad(decision.num_ctx or 0, int(decision.options.get("num_gpu", -1)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -257,3 +258,26 @@ async def test_server_kv_cache_type_changes_what_fits(start_proxy, emulator, gpu
     status, headers, _ = await post(url, "/api/generate", {"model": "llama3:8b", "prompt": "hi", "stream": False,
                                                            "options": {"num_ctx": 131072}})
     assert status == 200 and headers["X-Vramgate-Decision"] == "admitted num_ctx=131072 num_gpu=33"
+
+
+async def test_busy_model_is_not_evicted_until_its_stream_ends(gate_url, emulator, gpu):
+    from tests.emulator import Fault
+
+    emulator.add_model("other", show_llama3_8b())
+    emulator.inject(Fault("/api/chat", "slow", delay=0.06))
+    long = {"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}], "options": {"num_ctx": 131072}}
+
+    async def stream() -> int:
+        async with aiohttp.ClientSession() as s, s.post(gate_url + "/api/chat", json=long) as r:
+            await r.read()
+            return r.status
+
+    task = asyncio.create_task(stream())
+    assert await emulator.wait_for(lambda: "llama3:8b" in emulator.runners and emulator.runners["llama3:8b"].busy)
+    second = {"model": "other", "prompt": "hi", "stream": False, "options": {"num_ctx": 8192}}
+    status, headers, body = await post(gate_url, "/api/generate", second)
+    assert status == 503 and headers["Retry-After"] == "10"
+    assert "Held by: Ollama model llama3:8b" in body["error"] and "(busy)" in body["error"]
+    assert await task == 200
+    status, _, _ = await post(gate_url, "/api/generate", second)  # idle now: Ollama evicts it
+    assert status == 200 and "llama3:8b" in gpu.evictions and gpu.ooms == []

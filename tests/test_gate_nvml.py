@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -15,6 +16,16 @@ from tests.emulator import Emulator
 from tests.emulator_gate import GiB, GpuModel, show_llama3_8b, show_llama3_70b
 from tests.fake_pynvml import NVMLError_GpuIsLost, install, rtx_4090_desktop
 from tests.test_gate_loads import CUDA, FREE, STATIC, footprint_size, post
+
+
+async def eventually(predicate, timeout: float = 2.0) -> bool:
+    """Poll for something the emulator does not signal (a file vramgate writes)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 @pytest.fixture
@@ -101,7 +112,7 @@ async def test_closed_loop_detects_a_spill(start_proxy, emulator, tmp_path, unlo
     assert status == 200
     runner = emulator.runners["llama3:8b"]
     assert runner.size_vram < runner.size  # it did spill
-    assert await emulator.wait_for(lambda: audit.exists() and b"load.spilled" in audit.read_bytes())
+    assert await eventually(lambda: audit.exists() and b"load.spilled" in audit.read_bytes())
     events = [json.loads(line) for line in audit.read_text().splitlines()]
     (spilled,) = [e for e in events if e["event"] == "load.spilled"]
     assert spilled["observed_size"] == runner.size and spilled["observed_size_vram"] == runner.size_vram
