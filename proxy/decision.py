@@ -271,7 +271,9 @@ def decide(inp: Inputs) -> Decision:
     else:
         status, retry, reason = 507, None, "too_big"
     best = max(budgets, key=lambda b: b.budget)
-    spill = spill_layers(need, best.budget, model.layers, inp.sizer, ctx)
+    # what Ollama itself would see: free memory and idle models, not vramgate's reservations
+    ollama_room = max(0, best.free + best.reclaimable - policy.reserve)
+    spill = spill_layers(need, ollama_room, model.layers, inp.sizer, ctx)
     tps_gpu = tps_spill = None
     if inp.speed is not None:
         fp = inp.sizer(ctx, parallel, need.num_batch)

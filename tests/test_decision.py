@@ -183,6 +183,8 @@ def test_refusal_numbers():
     assert d.budgets[0].budget == 23 * GiB
     assert d.fits_ctx_when_free is None
     assert [h.pid for h in d.holders if h.kind == "process"] == [42]
+    # 9 GiB over, layers of 31/32 GiB (weights + KV over 32 repeating layers): 10 layers would spill
+    assert d.spill_layers == 10
 
 
 def test_partial_offload_policy():
