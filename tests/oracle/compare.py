@@ -1,0 +1,199 @@
+"""Compare the footprint estimator with llama.cpp over a grid of run configurations.
+
+Shared by tests/test_oracle_accuracy.py (asserts) and tests/oracle/report.py (prints a table).
+Like is compared with like: the oracle is a CPU build, so every buffer is on the host and
+- weights:  estimator weights_bytes (each tensor once)     vs llama.cpp "model"
+- kv:       estimator kv_bytes (attention KV + recurrent)  vs llama.cpp "context" (memory module;
+            this llama.cpp leaves the output buffer out of its breakdown)
+- compute:  estimator compute_bytes                        vs llama.cpp "compute"
+- total:    the sum of the three                           vs model + context + compute
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .measure import Measurement, OracleError, measure
+from .models import ModelSpec
+
+MiB = 1024 * 1024
+
+#: component -> (relative tolerance, absolute tolerance in bytes); an error passes if within either.
+#: total's absolute floor is the sum of the components' floors (1 + 1 + 32 MiB): with tiny test
+#: models the total is a few MiB and only an absolute bound is meaningful.
+TOLERANCES: dict[str, tuple[float, int]] = {
+    "weights": (0.005, 1 * MiB),
+    "kv": (0.005, 1 * MiB),
+    "compute": (0.10, 32 * MiB),
+    "total": (0.03, 34 * MiB),
+}
+COMPONENTS = tuple(TOLERANCES)
+
+
+@dataclass(frozen=True)
+class Case:
+    num_ctx: int
+    parallel: int
+    type_k: str
+    type_v: str
+    flash_attention: bool
+    batch: int
+
+    def label(self) -> str:
+        fa = "fa" if self.flash_attention else "nofa"
+        return f"ctx={self.num_ctx} np={self.parallel} k={self.type_k} v={self.type_v} {fa} b={self.batch}"
+
+
+@dataclass(frozen=True)
+class Row:
+    arch: str
+    size: str
+    case: Case
+    component: str
+    estimated: int | None  # None: the estimator raised
+    measured: int
+    error: str = ""
+
+    @property
+    def abs_err(self) -> int:
+        return abs((self.estimated or 0) - self.measured)
+
+    @property
+    def rel_err(self) -> float:
+        if self.estimated is None:
+            return float("inf")
+        if self.measured == 0:
+            return 0.0 if self.estimated == 0 else float("inf")
+        return (self.estimated - self.measured) / self.measured
+
+    @property
+    def ok(self) -> bool:
+        if self.estimated is None:
+            return False
+        rel, absolute = TOLERANCES[self.component]
+        return self.abs_err <= absolute or abs(self.rel_err) <= rel
+
+    def describe(self) -> str:
+        if self.estimated is None:
+            return f"{self.arch}-{self.size} {self.component:8s} {self.case.label()}: estimator raised {self.error}"
+        return (
+            f"{self.arch}-{self.size} {self.component:8s} {self.case.label()}: "
+            f"estimated {self.estimated / MiB:10.2f} MiB, llama.cpp {self.measured / MiB:10.2f} MiB, "
+            f"error {self.rel_err:+.2%} ({(self.estimated - self.measured) / MiB:+.2f} MiB)"
+        )
+
+
+# KV types as (K, V, flash attention); a quantized V cache needs flash attention in llama.cpp
+KV_SMALL = [("f16", "f16", False), ("f16", "f16", True), ("q8_0", "q8_0", True), ("q4_0", "q4_0", True),
+            ("q8_0", "f16", False)]
+KV_REAL = [("f16", "f16", False), ("f16", "f16", True), ("q8_0", "q8_0", True), ("q4_0", "q4_0", True)]
+
+
+def grid(spec: ModelSpec) -> list[Case]:
+    """The configurations compared for a model: all of them for small models, a subset at scale."""
+    train = spec.n_ctx_train
+    kv_small = KV_SMALL
+    if spec.arch == "deepseek2":  # MLA: "model does not support different K and V cache types"
+        kv_small = [kv for kv in KV_SMALL if kv[0] == kv[1]]
+    cases: list[Case] = []
+    if not spec.sparse:
+        for ctx in (256, 2048, 8192, 32768):
+            for par in (1, 2, 4):
+                for k, v, fa in kv_small:
+                    for batch in (512, 2048):
+                        if ctx <= train:
+                            cases.append(Case(ctx, par, k, v, fa, batch))
+    else:
+        for ctx in (2048, 8192, 32768):
+            for par in (1, 4):
+                for k, v, fa in KV_REAL:
+                    if ctx <= train:
+                        cases.append(Case(ctx, par, k, v, fa, 512))
+        for ctx in (4096, 16384):
+            for fa in (False, True):
+                if ctx <= train:
+                    cases.append(Case(ctx, 2, "f16", "f16", fa, 2048))
+    if not cases:  # short-context models (BERT, 512): the trained context itself
+        for par in (1, 2, 4):
+            for fa in (False, True):
+                for batch in (512, 2048):
+                    cases.append(Case(min(256, train), par, "f16", "f16", fa, batch))
+                    cases.append(Case(train, par, "f16", "f16", fa, batch))
+    return cases
+
+
+def measure_case(spec: ModelSpec, path: Path, case: Case) -> Measurement:
+    return measure(path, case.num_ctx, case.parallel, case.type_k, case.type_v, case.flash_attention,
+                   case.batch, case.batch, embedding=spec.embedding)
+
+
+def measure_grid(spec: ModelSpec, path: Path, cases: list[Case], workers: int = 2) -> dict[Case, Measurement]:
+    """Measure every case (cached; uncached ones run on `workers` processes at a time)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda c: measure_case(spec, path, c), cases))
+    return dict(zip(cases, results))
+
+
+def compare_case(arch: str, size: str, description, case: Case, m: Measurement) -> list[Row]:
+    """Rows (one per component) comparing the estimator with one measurement."""
+    from proxy.footprint import RunConfig, estimate
+
+    measured = {
+        "weights": m.model_bytes,
+        "kv": m.context_bytes,
+        "compute": m.compute_bytes,
+        "total": m.total_bytes,
+    }
+    try:
+        run = RunConfig(
+            num_ctx=case.num_ctx, parallel=case.parallel, kv_type_k=case.type_k, kv_type_v=case.type_v,
+            flash_attention=case.flash_attention, num_batch=case.batch, num_ubatch=case.batch,
+        )
+        fp = estimate(description, run)
+    except Exception as exc:  # noqa: BLE001 - an estimator crash is a reported failure, not a test error
+        return [Row(arch, size, case, c, None, measured[c], f"{type(exc).__name__}: {exc}") for c in COMPONENTS]
+    estimated = {
+        "weights": fp.weights_bytes,
+        "kv": fp.kv_bytes,
+        "compute": fp.compute_bytes,
+        "total": fp.weights_bytes + fp.kv_bytes + fp.compute_bytes,
+    }
+    return [Row(arch, size, case, c, estimated[c], measured[c]) for c in COMPONENTS]
+
+
+@lru_cache(maxsize=64)
+def gguf_description(path: Path):
+    """The estimator's description of a GGUF (memoised: reading a 200k-token vocab takes seconds)."""
+    from proxy.footprint import description_from_gguf
+
+    return description_from_gguf(path, name="m")
+
+
+def compare_model(arch: str, size: str) -> list[Row]:
+    """Every row for one architecture and size (builds the model and llama.cpp when missing)."""
+    from .models import build
+
+    spec, path = build(arch, size)
+    description = gguf_description(path)
+    cases = grid(spec)
+    measured = measure_grid(spec, path, cases)
+    rows: list[Row] = []
+    for case in cases:
+        rows.extend(compare_case(arch, size, description, case, measured[case]))
+    return rows
+
+
+def worst(rows: list[Row]) -> dict[str, Row]:
+    """The row with the largest relative error (by magnitude) per component."""
+    out: dict[str, Row] = {}
+    for row in rows:
+        cur = out.get(row.component)
+        if cur is None or abs(row.rel_err) > abs(cur.rel_err):
+            out[row.component] = row
+    return out
+
+
+__all__ = ["Case", "COMPONENTS", "OracleError", "Row", "TOLERANCES", "compare_model", "grid", "worst"]

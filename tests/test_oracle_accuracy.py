@@ -1,0 +1,68 @@
+"""The footprint estimator against llama.cpp itself, over a grid of run configurations.
+
+Ground truth: the llama.cpp vendored in llama-cpp-python 0.3.36 (built once into the cache by the
+`oracle` fixture), loading synthetic GGUFs of ten architectures with no_alloc, launched as Ollama
+launches llama-server. Tolerances (tests/oracle/compare.py): weights and KV within 0.5% or 1 MiB,
+compute within 10% or 32 MiB, total within 3% or 34 MiB. A failure lists every configuration
+outside them, worst first. `uv run python -m tests.oracle.report` prints the whole table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from proxy.footprint import RunConfig, description_from_show, estimate
+from tests.oracle.compare import COMPONENTS, compare_model, gguf_description
+from tests.oracle.fixtures import oracle  # noqa: F401  (session fixture: builds llama.cpp when missing)
+from tests.oracle.models import ARCHITECTURES, SIZES, build
+from tests.oracle.show import show_response
+
+pytestmark = pytest.mark.oracle
+
+MODELS = [(arch, size) for arch in ARCHITECTURES for size in SIZES]
+
+
+def _ids(model: tuple[str, str]) -> str:
+    return f"{model[0]}-{model[1]}"
+
+
+@pytest.mark.parametrize("model", MODELS, ids=_ids)
+def test_estimate_matches_llama_cpp(oracle, model):
+    arch, size = model
+    rows = compare_model(arch, size)
+    assert rows, "the grid is empty"
+    failing = sorted((r for r in rows if not r.ok), key=lambda r: -abs(r.rel_err))
+    if failing:
+        by_component = {c: sum(1 for r in failing if r.component == c) for c in COMPONENTS}
+        lines = [r.describe() for r in failing[:20]]
+        more = f"\n... and {len(failing) - 20} more" if len(failing) > 20 else ""
+        pytest.fail(
+            f"{len(failing)} of {len(rows)} comparisons outside tolerance {by_component}:\n"
+            + "\n".join(lines) + more,
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize("verbose", [True, False], ids=["verbose", "plain"])
+@pytest.mark.parametrize("model", MODELS, ids=_ids)
+def test_show_and_gguf_describe_the_same_model(model, verbose):
+    """/api/show JSON (as Ollama serialises it) and the GGUF file give the same description.
+
+    Without verbose, Ollama nulls every array (per-layer head_count_kv of lfm2, ...): the
+    description must still come out the same, recovered from the tensor list.
+    """
+    arch, size = model
+    _, path = build(arch, size)
+    from_gguf = gguf_description(path)
+    from_show = description_from_show(show_response(path, verbose=verbose), name="m")
+    diffs = {
+        f.name: (getattr(from_show, f.name), getattr(from_gguf, f.name))
+        for f in dataclasses.fields(from_gguf)
+        if f.name != "tensors" and getattr(from_show, f.name) != getattr(from_gguf, f.name)
+    }
+    assert not diffs, f"show vs gguf differ: {diffs}"
+    assert from_show.tensors == from_gguf.tensors
+    run = RunConfig(num_ctx=4096, parallel=2, flash_attention=False)
+    assert estimate(from_show, run) == estimate(from_gguf, run)
