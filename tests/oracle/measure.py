@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -209,9 +211,10 @@ def measure_args(path: Path | str, args: list[str], oracle: Oracle | None = None
         raise OracleError(f"probe exited {rc}; llama.cpp log tail:\n" + "\n".join(log.splitlines()[-15:]))
     result = _parse(stdout, log, args)
     disk.parent.mkdir(parents=True, exist_ok=True)
-    tmp = disk.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(result)))
-    tmp.replace(disk)
+    fd, tmp = tempfile.mkstemp(prefix=".m-", suffix=".json", dir=disk.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(asdict(result)))
+    os.replace(tmp, disk)  # atomic: concurrent sessions never read half a file
     _memo[key] = result
     return result
 

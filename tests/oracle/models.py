@@ -270,6 +270,28 @@ def llama(size: str, tied: bool = False) -> ModelSpec:
     return b.spec(name, n_vocab, n_ctx)
 
 
+def mixtral(size: str) -> ModelSpec:
+    """Mixtral-8x7B-like: the llama architecture with 8 experts, 2 used per token."""
+    real = size == "real"
+    n_embd, n_layer, n_ff, n_head, n_kv, n_vocab = (4096, 32, 14336, 32, 8, 32000) if real else (256, 2, 512, 4, 2, 259)
+    n_expert, n_used = (8, 2) if real else (4, 2)
+    n_ctx = 32768
+    head = n_embd // n_head
+    b = _Builder("llama", sparse=real)
+    _common(b, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=n_kv)
+    b.key("expert_count", n_expert)
+    b.key("expert_used_count", n_used)
+    b.key("rope.dimension_count", head)
+    b.key("rope.freq_base", 1000000.0)
+    _embed_and_output(b, n_embd, n_vocab, tied=False)
+    for i in range(n_layer):
+        b.weight(f"blk.{i}.attn_norm.weight", n_embd)
+        _attn_qkvo(b, i, n_embd, n_head * head, n_kv * head)
+        b.weight(f"blk.{i}.ffn_norm.weight", n_embd)
+        _moe(b, i, n_embd, n_ff, n_expert)
+    return b.spec(f"mixtral-{size}", n_vocab, n_ctx)
+
+
 def qwen2(size: str) -> ModelSpec:
     """Qwen2.5-7B-like: GQA with q/k/v biases."""
     real = size == "real"
@@ -524,6 +546,7 @@ ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {
     "llama-tied": lambda size: llama(size, tied=True),
     "qwen2": qwen2,
     "qwen3moe": qwen3moe,
+    "mixtral": mixtral,
     "gemma3": gemma3,
     "gpt-oss": gpt_oss,
     "phi3": phi3,
