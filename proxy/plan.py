@@ -13,7 +13,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, help="KV cache type (OLLAMA_KV_CACHE_TYPE)")
     parser.add_argument("--flash-attention", choices=("on", "off"), help="flash attention")
     parser.add_argument("--num-batch", type=int, metavar="B", help="batch = micro-batch size")
-    parser.add_argument("--vram", metavar="SIZE", help="GPU memory budget, e.g. 24GiB: find the largest context")
+    parser.add_argument("--vram", metavar="SIZE", help="GPU memory, e.g. 24GiB: does it fit, and the largest context that does")
+    parser.add_argument("--overhead", metavar="SIZE",
+                        help="taken off --vram before fitting (default: settings cuda_context + reserve)")
     parser.add_argument("--gpu-bandwidth", metavar="BW", help="GPU memory bandwidth (default 1TB/s)")
     parser.add_argument("--host-bandwidth", metavar="BW", help="system RAM bandwidth (default: settings)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -58,7 +60,8 @@ class Plan:
     model: ModelDescription
     run: RunConfig
     assumed: tuple[str, ...]
-    budget: int | None
+    vram: int | None
+    overhead: int
     gpu_bandwidth: float
     host_bandwidth: float
 
@@ -148,12 +151,17 @@ def default_num_ctx(total_vram: int | None) -> int:
 
 def _make_plan(args: argparse.Namespace, settings: Any, model: ModelDescription) -> Plan:
     assumed: list[str] = []
-    budget = None
-    if args.vram is not None:
-        try:
-            budget = parse_bytes(args.vram)
-        except ValueError as exc:
-            raise PlanError(f"--vram: {exc}") from None
+    vram = None
+    try:
+        if args.vram is not None:
+            vram = parse_bytes(args.vram)
+        overhead = (
+            parse_bytes(args.overhead)
+            if args.overhead is not None
+            else int(settings.cuda_context) + int(settings.reserve)
+        )
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
 
     params = model.parameters
     if args.num_ctx is not None:
@@ -165,8 +173,8 @@ def _make_plan(args: argparse.Namespace, settings: Any, model: ModelDescription)
         num_ctx = settings.context_length
         assumed.append(f"num_ctx {num_ctx} from OLLAMA_CONTEXT_LENGTH")
     else:
-        num_ctx = default_num_ctx(budget)
-        why = "for this --vram" if budget is not None else "(no --vram given)"
+        num_ctx = default_num_ctx(vram)
+        why = "for this --vram" if vram is not None else "(no --vram given)"
         assumed.append(f"num_ctx {num_ctx}: Ollama's default {why}")
     if num_ctx < 1:
         raise PlanError(f"--num-ctx must be positive, got {num_ctx}")
@@ -209,7 +217,7 @@ def _make_plan(args: argparse.Namespace, settings: Any, model: ModelDescription)
         host_bw = parse_bandwidth(args.host_bandwidth) if args.host_bandwidth else float(settings.host_bandwidth)
     except ValueError as exc:
         raise PlanError(str(exc)) from None
-    return Plan(model, run_config, tuple(assumed), budget, gpu_bw, host_bw)
+    return Plan(model, run_config, tuple(assumed), vram, overhead, gpu_bw, host_bw)
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -230,10 +238,15 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "assumed": list(plan.assumed),
         "notes": list(fp.notes),
     }
-    if plan.budget is not None:
-        out["vram_bytes"] = plan.budget
-        out["fits"] = fp.gpu_total_bytes <= plan.budget
-        out["max_num_ctx"] = max_num_ctx(plan.model, plan.run, plan.budget)
+    if plan.vram is not None:
+        budget = max(plan.vram - plan.overhead, 0)
+        out["vram_bytes"] = plan.vram
+        out["overhead_bytes"] = plan.overhead
+        out["budget_bytes"] = budget
+        out["fits"] = fp.gpu_total_bytes <= budget
+        # the largest context up to the trained one, not only up to the requested num_ctx
+        ceiling = replace(plan.run, num_ctx=max(plan.model.context_length, plan.run.num_ctx))
+        out["max_num_ctx"] = max_num_ctx(plan.model, ceiling, budget)
     return out
 
 
@@ -263,12 +276,15 @@ def render_text(plan: Plan) -> str:
     rows.append(("total on GPU", format_bytes(d["gpu_total_bytes"]),
                  f"num_ctx {d['num_ctx']} x {r.parallel} parallel"))
     rows.append(("in host RAM", format_bytes(d["host_weights_bytes"]), "token embeddings (never offloaded)"))
-    if plan.budget is not None:
+    if plan.vram is not None:
         verdict = "fits" if d["fits"] else "does NOT fit"
-        rows.append(("VRAM budget", format_bytes(plan.budget), verdict))
+        rows.append(("GPU memory", format_bytes(plan.vram),
+                     f"{format_bytes(d['budget_bytes'])} after {format_bytes(plan.overhead)} "
+                     f"CUDA context + reserve: {verdict}"))
         best = d["max_num_ctx"]
+        trained = f" (trained {plan.model.context_length})" if plan.model.context_length else ""
         rows.append(("largest num_ctx", str(best) if best else "none",
-                     "that fits the budget" if best else "not even 256 tokens fit"))
+                     f"that fits{trained}" if best else "not even 256 tokens fit"))
     rows.append(("decode speed", f"~{d['decode_tokens_per_s']:.0f} tok/s",
                  f"upper bound at {format_bandwidth(plan.gpu_bandwidth)}"))
     w0 = max(len(a) for a, _, _ in rows)
