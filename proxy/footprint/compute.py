@@ -67,17 +67,21 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
     kv_dim = n_kv_heads * (head_k + head_v)
 
     # attention phase (coefficients: bytes per token, fitted on llama/qwen3 shapes)
+    scores = 0  # KQ scores without flash attention (soft_max runs in place)
     if fa:
         attn = t * (12 * n_embd + 8 * q_dim + kv_dim // 2)
     elif model.mla:
         # absorbed MLA: Q is n_head x (kv_lora + rope); V is the latent K cache, transposed per stream
         attn = t * 12 * q_dim + cells.streams * cells.num_ctx * model.value_length * F16
-        attn += cells.num_ctx * t * n_head * F32
+        scores = cells.num_ctx * t * n_head * F32
     else:
         attn = t * (4 * n_embd + 16 * q_dim + 4 * kv_dim)
         if has_attention:
-            n_kv = t if no_cache else cells.num_ctx
-            attn += n_kv * t * n_head * F32  # KQ scores (soft_max runs in place)
+            scores = (t if no_cache else cells.num_ctx) * t * n_head * F32
+    # the per-token attention tensors are freed before the FFN, which reuses their blocks (the big
+    # score block goes to the FFN's first outputs)
+    attn_live = attn
+    attn += scores
     attn += mask
 
     # feed-forward phase: gate, up, activation and down outputs of the widest layer
@@ -93,8 +97,11 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
     if model.expert_count and model.expert_used_count:
         n_ff_exp = _expert_ff(model)
         used = model.expert_used_count
-        # mul_mat_id outputs per used expert: gate/up [n_ff_exp], down and its weighted copy [n_embd]
-        ffn_moe = t * F32 * (2 * used * n_embd + 2 * used * n_ff_exp + 2 * model.expert_count)
+        # mul_mat_id outputs: gate, up and activation [used x n_ff_exp], down and its weighted
+        # copy [used x n_embd], router logits and probabilities [n_expert]
+        ffn_moe = t * F32 * (2 * used * n_embd + 3 * used * n_ff_exp + 2 * model.expert_count)
+        if attn_live >= t * F32 * used * n_ff_exp:
+            ffn_moe -= t * F32 * used * n_ff_exp  # the activation fits into a freed attention block
     ffn = max(ffn_dense, ffn_moe) + mask
 
     # recurrent (SSM) layers: the per-token state tensors of the scan
