@@ -342,9 +342,9 @@ def gpu_budgets(inp: Inputs, key: str) -> tuple[GpuBudget, ...]:
                 reclaim_from.append((r.name, charge))
         reclaim = sum(b for _, b in reclaim_from)
         pending = sum(b for res in inp.reservations for i, b in res.per_gpu if i == gpu.index)
-        free = max(0, gpu.free - held)
+        free = gpu.free - held  # may be negative when static numbers disagree with /api/ps: keep it
         budget = free + reclaim - pending - policy.reserve
-        out.append(GpuBudget(gpu.index, gpu.name, gpu.total, free, reclaim, pending, budget, gpu.bandwidth,
+        out.append(GpuBudget(gpu.index, gpu.name, gpu.total, max(0, free), reclaim, pending, budget, gpu.bandwidth,
                              tuple(reclaim_from)))
     return tuple(out)
 

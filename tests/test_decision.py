@@ -298,3 +298,11 @@ def test_num_batch_sizes_the_load(options, modelfile, version, expected):
     inp = inputs(options={"num_ctx": 8192, **options}, modelfile=modelfile, server=server)
     decide(Inputs(inp.request, inp.model, size, server, inp.gpus, policy=POLICY))
     assert set(seen) == {expected}
+
+
+def test_static_free_smaller_than_what_ollama_holds_adds_nothing():
+    # static free 5 GiB but /api/ps says Ollama holds 15.5 GiB: free is -10.5, reclaiming own runner
+    # gives back 15.5, so 5 - 1 = 4 GiB of budget: the 4 + 1 + 1 = 6 GiB load does not fit.
+    r = resident("m:latest", 15, ctx=131072)
+    d = decide(inputs(options={"num_ctx": 8192}, gpus=static(gpu(free=5)), residents=[r]))
+    assert isinstance(d, Refuse) and d.budgets[0].budget == 4 * GiB and d.budgets[0].free == 0
