@@ -106,6 +106,7 @@ class GpuBudget:
     budget: int  # free + reclaimable - pending - reserve
     bandwidth: float
     reclaim_from: tuple[tuple[str, int], ...] = ()  # (resident, bytes) in the order Ollama would evict
+    others: int = 0  # held by programs other than Ollama (or unaccounted for)
 
 
 @dataclass(frozen=True)
@@ -344,8 +345,10 @@ def gpu_budgets(inp: Inputs, key: str) -> tuple[GpuBudget, ...]:
         pending = sum(b for res in inp.reservations for i, b in res.per_gpu if i == gpu.index)
         free = gpu.free - held  # may be negative when static numbers disagree with /api/ps: keep it
         budget = free + reclaim - pending - policy.reserve
+        ollama = sum(resident_charge(r, gpu, snap, policy) for r in inp.residents)
+        others = gpu.total - gpu.free - (ollama if snap.includes_ollama else 0)
         out.append(GpuBudget(gpu.index, gpu.name, gpu.total, max(0, free), reclaim, pending, budget, gpu.bandwidth,
-                             tuple(reclaim_from)))
+                             tuple(reclaim_from), max(0, others)))
     return tuple(out)
 
 

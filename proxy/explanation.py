@@ -33,6 +33,10 @@ def refusal_text(r: Refuse) -> str:
     ]
     parts.append(" but " + "; ".join(_gpu_text(b) for b in r.budgets) + ".")
     held = _holders_text(r.holders)
+    listed = {h.gpu for h in r.holders if h.kind == "process"}
+    unlisted = [f"{_gib(b.others)} on GPU {b.index}" for b in r.budgets if b.others >= 256 * 1024**2 and b.index not in listed]
+    if unlisted:
+        held = "; ".join(filter(None, [held, "programs other than Ollama " + ", ".join(unlisted)]))
     if held:
         parts.append(f" Held by: {held}.")
     if r.spill_layers and r.tps_gpu and r.tps_spill:
@@ -166,6 +170,7 @@ def _budget_json(b: GpuBudget) -> dict[str, Any]:
         "reclaimable_bytes": b.reclaimable,
         "pending_bytes": b.pending,
         "budget_bytes": b.budget,
+        "others_bytes": b.others,
         "bandwidth": format_bandwidth(b.bandwidth) if b.bandwidth else None,
     }
 

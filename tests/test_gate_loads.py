@@ -108,7 +108,9 @@ async def test_would_fit_later_is_503_with_retry_after(start_proxy, emulator, gp
     status, headers, body = await post(url, "/api/generate", {"model": "llama3:8b", "prompt": "hi"})
     assert status == 503
     assert headers["Retry-After"] == "60"
+    assert "Held by: programs other than Ollama 19.0 GiB on GPU 0." in body["error"]
     assert "It would fit once other holders let go of memory: retry in 60 s" in body["error"]
+    assert body["vramgate"]["gpus"][0]["others_bytes"] == 19 * GiB
     assert body["vramgate"]["fits_num_ctx_when_free"] == 32768
     assert emulator.received("/api/generate") == []
 
@@ -119,7 +121,7 @@ async def test_evict_idle_off_gives_503_naming_the_holder(start_proxy, emulator,
     emulator.add_model("other", show_llama3_8b())
     status, _, body = await post(url, "/api/generate", {"model": "other", "prompt": "hi", "options": {"num_ctx": 8192}})
     assert status == 503
-    assert "Held by: Ollama model llama3:8b 17.5 GiB (idle) on GPU 0." in body["error"]
+    assert "Held by: Ollama model llama3:8b 17.5 GiB (idle) on GPU 0; programs other than Ollama 2.0 GiB on GPU 0." in body["error"]
     assert body["vramgate"]["holders"] == [{"kind": "ollama", "name": "llama3:8b", "gpu": 0, "bytes": 17 * GiB + CUDA, "busy": False}]
 
 
