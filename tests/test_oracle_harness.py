@@ -68,3 +68,22 @@ def test_probe_agrees_with_llama_fit_params(oracle):
     assert host[0] == m.model_bytes // MiB
     assert host[1] == m.context_bytes // MiB
     assert host[2] >= m.compute_bytes // MiB
+
+
+def test_build_is_idempotent(oracle):
+    """A second ensure_oracle() finds the finished build and touches nothing."""
+    from tests.oracle.build import ensure_oracle
+
+    before = (oracle.fit_params.stat().st_mtime_ns, oracle.probe.stat().st_mtime_ns)
+    again = ensure_oracle()
+    assert again == oracle
+    assert (again.fit_params.stat().st_mtime_ns, again.probe.stat().st_mtime_ns) == before
+
+
+def test_swa_full_gives_sliding_window_layers_the_whole_context(oracle):
+    _, path = build("gemma3", "small")  # 5 of 6 layers slide over a 256-token window
+    windowed = measure(path, 8192, 1, flash_attention=True, oracle=oracle)
+    full = measure(path, 8192, 1, flash_attention=True, swa_full=True, oracle=oracle)
+    assert sorted(windowed.kv_cells) == [768, 8192]  # pad(256 + ubatch 512, 256)
+    assert full.kv_cells == (8192, 8192)
+    assert full.context_bytes > windowed.context_bytes

@@ -41,10 +41,12 @@ class Case:
     type_v: str
     flash_attention: bool
     batch: int
+    swa_full: bool = False  # llama-server --swa-full: sliding-window layers get the whole context
 
     def label(self) -> str:
         fa = "fa" if self.flash_attention else "nofa"
-        return f"ctx={self.num_ctx} np={self.parallel} k={self.type_k} v={self.type_v} {fa} b={self.batch}"
+        swa = " swa-full" if self.swa_full else ""
+        return f"ctx={self.num_ctx} np={self.parallel} k={self.type_k} v={self.type_v} {fa} b={self.batch}{swa}"
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,10 @@ def grid(spec: ModelSpec) -> list[Case]:
             for fa in (False, True):
                 if ctx <= train:
                     cases.append(Case(ctx, 2, "f16", "f16", fa, 2048))
+    if any(k.endswith("attention.sliding_window") for k, _ in spec.kv):
+        for ctx in (4096, 32768):
+            for par in (1, 2):
+                cases.append(Case(ctx, par, "f16", "f16", True, 512, swa_full=True))
     if not cases:  # short-context models (BERT, 512): the trained context itself
         for par in (1, 2, 4):
             for fa in (False, True):
@@ -127,7 +133,7 @@ def grid(spec: ModelSpec) -> list[Case]:
 
 def measure_case(spec: ModelSpec, path: Path, case: Case) -> Measurement:
     return measure(path, case.num_ctx, case.parallel, case.type_k, case.type_v, case.flash_attention,
-                   case.batch, case.batch, embedding=spec.embedding)
+                   case.batch, case.batch, embedding=spec.embedding, swa_full=case.swa_full)
 
 
 def measure_grid(spec: ModelSpec, path: Path, cases: list[Case], workers: int = 2) -> dict[Case, Measurement]:
@@ -151,6 +157,7 @@ def compare_case(arch: str, size: str, description, case: Case, m: Measurement) 
         run = RunConfig(
             num_ctx=case.num_ctx, parallel=case.parallel, kv_type_k=case.type_k, kv_type_v=case.type_v,
             flash_attention=case.flash_attention, num_batch=case.batch, num_ubatch=case.batch,
+            swa_full=case.swa_full,
         )
         fp = estimate(description, run)
     except Exception as exc:  # noqa: BLE001 - an estimator crash is a reported failure, not a test error

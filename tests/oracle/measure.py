@@ -113,6 +113,7 @@ def server_args(
     n_batch: int = 512,
     n_ubatch: int | None = None,
     embedding: bool = False,
+    swa_full: bool = False,
 ) -> list[str]:
     """llama-server arguments as Ollama builds them (non-unified KV: -np is explicit)."""
     ub = n_batch if n_ubatch is None else n_ubatch
@@ -129,6 +130,8 @@ def server_args(
     ]
     if embedding:
         args.append("--embeddings")
+    if swa_full:
+        args.append("--swa-full")
     return args
 
 
@@ -229,10 +232,11 @@ def measure(
     n_batch: int = 512,
     n_ubatch: int | None = None,
     embedding: bool = False,
+    swa_full: bool = False,
     oracle: Oracle | None = None,
 ) -> Measurement:
     """What llama-server, started by Ollama with these options, allocates for the model."""
-    args = server_args(num_ctx, parallel, type_k, type_v, flash_attention, n_batch, n_ubatch, embedding)
+    args = server_args(num_ctx, parallel, type_k, type_v, flash_attention, n_batch, n_ubatch, embedding, swa_full)
     return measure_args(path, args, oracle)
 
 
