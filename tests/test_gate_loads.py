@@ -283,3 +283,17 @@ async def test_busy_model_is_not_evicted_until_its_stream_ends(gate_url, emulato
     assert await task == 200
     status, _, _ = await post(gate_url, "/api/generate", second)  # idle now: Ollama evicts it
     assert status == 200 and "llama3:8b" in gpu.evictions and gpu.ooms == []
+
+
+async def test_ollama_run_flow_loads_once(gate_url, emulator):
+    """What `ollama run` does: show, preload (empty prompt), then chat without options."""
+    client = ollama.AsyncClient(host=gate_url)
+    await client.show("llama3:8b")
+    pre = await client.generate(model="llama3:8b", prompt="")
+    assert pre.done_reason == "load"
+    reply = await client.chat(model="llama3:8b", messages=[{"role": "user", "content": "hi"}])
+    assert reply.message.content == "The sky is blue."
+    await client.generate(model="llama3:8b", prompt="", keep_alive=0)  # `ollama stop`
+    assert [o.num_ctx for _, o in emulator.loads] == [32768]
+    assert [r.json.get("options", {}).get("num_ctx") for r in emulator.received("/api/chat")] == [32768]
+    assert "llama3:8b" not in emulator.runners
