@@ -240,6 +240,9 @@ def decide(inp: Inputs) -> Decision:
                     policy.cuda_context, total, fp.gpu_total_bytes + inp.correction, inp.correction)
 
     budgets = gpu_budgets(inp, key)
+    pinned = opts.get("main_gpu")  # >= 0.30: the model is pinned to that one GPU
+    if isinstance(pinned, int) and not isinstance(pinned, bool) and any(b.index == pinned for b in budgets):
+        budgets = tuple(b for b in budgets if b.index == pinned)
 
     def place_at(n_ctx: int, bud: tuple[GpuBudget, ...]) -> tuple[tuple[int, int], ...] | None:
         return place(inp.sizer, need_at(n_ctx), bud, policy, inp.correction)
@@ -263,7 +266,7 @@ def decide(inp: Inputs) -> Decision:
         )
 
     # Refuse: would it fit once every other holder lets go (503), or never on these GPUs (507)?
-    empty = empty_budgets(inp)
+    empty = tuple(e for e in empty_budgets(inp) if e.index in {b.index for b in budgets})
     fits_free = largest_ctx(lambda n: place_at(n, empty) is not None, ctx, 256)
     enough = ctx if req.route == "openai" else floor  # /v1 cannot be given a smaller context
     if fits_free is not None and fits_free >= enough:

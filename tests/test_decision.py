@@ -306,3 +306,10 @@ def test_static_free_smaller_than_what_ollama_holds_adds_nothing():
     r = resident("m:latest", 15, ctx=131072)
     d = decide(inputs(options={"num_ctx": 8192}, gpus=static(gpu(free=5)), residents=[r]))
     assert isinstance(d, Refuse) and d.budgets[0].budget == 4 * GiB and d.budgets[0].free == 0
+
+
+def test_main_gpu_pins_the_placement():
+    two = static(gpu(), gpu(index=1, free=4))
+    assert isinstance(decide(inputs(options={"num_ctx": 8192}, gpus=two)), Admit)
+    pinned = decide(inputs(options={"num_ctx": 8192, "main_gpu": 1}, gpus=two))
+    assert isinstance(pinned, Refuse) and [b.index for b in pinned.budgets] == [1] and pinned.status == 503
