@@ -189,7 +189,7 @@ def decide(inp: Inputs) -> Decision:
     if not inp.gpus.gpus:
         if policy.on_no_gpu == "allow":
             return Admit({}, True, "no_gpu_allowed", note=inp.gpus.problem)
-        unreadable = inp.gpus.source != "static" and inp.gpus.problem is not None and "NVML" in inp.gpus.problem
+        unreadable = inp.gpus.transient  # a read that failed may work again; a missing GPU will not
         return Refuse(
             status=503 if unreadable else 507,
             retry_after=30 if unreadable else None,

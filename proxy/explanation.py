@@ -59,9 +59,9 @@ def _no_gpu_text(r: Refuse) -> str:
             " VRAMGATE_ON_NO_GPU=allow to let loads through unchecked."
         )
     return (
-        f"vramgate refused to load {r.model}: there is no GPU to load it on ({problem}); nothing can run from GPU"
-        " memory. Set VRAMGATE_GPU=static with VRAMGATE_STATIC_GPUS, or VRAMGATE_ON_NO_GPU=allow to let loads"
-        " through to the CPU."
+        f"vramgate refused to load {r.model}: there is no usable GPU to load it on ({problem}); nothing can run"
+        " from GPU memory. Describe the GPUs with VRAMGATE_GPU=static and VRAMGATE_STATIC_GPUS, or set"
+        " VRAMGATE_ON_NO_GPU=allow to let loads through unchecked."
     )
 
 

@@ -58,6 +58,7 @@ class GpuSnapshot:
     problem: str | None = None  # why there are no (or no live) GPU numbers, in plain words
     includes_ollama: bool = True  # free memory already excludes what Ollama's runners hold
     taken_at: float = field(default=0.0, compare=False)
+    transient: bool = False  # NVML worked before and failed now: worth retrying
 
     @property
     def total(self) -> int:
@@ -86,8 +87,8 @@ def static_snapshot(devices: list[StaticGpu]) -> GpuSnapshot:
     return GpuSnapshot(gpus=gpus, source="static", problem=problem, includes_ollama=False)
 
 
-def no_gpu_snapshot(reason: str) -> GpuSnapshot:
-    return GpuSnapshot(gpus=(), source="none", problem=reason)
+def no_gpu_snapshot(reason: str, transient: bool = False) -> GpuSnapshot:
+    return GpuSnapshot(gpus=(), source="none", problem=reason, transient=transient)
 
 
 class ProcReader:
@@ -146,7 +147,7 @@ class NvmlReader:
         except GpuReadError:
             raise
         except Exception as exc:
-            raise GpuReadError(f"NVML failed reading the GPUs: {_nvml_text(exc)}") from None
+            raise GpuReadError(f"NVML failed reading the GPUs: {_nvml_text(exc)}", transient=True) from None
 
     def _device(self, nv: Any, index: int) -> Gpu:
         h = nv.nvmlDeviceGetHandleByIndex(index)
@@ -186,7 +187,12 @@ class NvmlReader:
 
 
 class GpuReadError(Exception):
-    pass
+    """``transient``: NVML started but a read failed (a lost GPU, a driver hiccup), unlike a
+    missing library or driver, which will not fix itself."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class GpuProbe:
@@ -225,7 +231,7 @@ class GpuProbe:
             if not fresh and cached is not None and now - cached.taken_at < self.ttl:
                 return cached
             snap = self._read()
-            snap = GpuSnapshot(snap.gpus, snap.source, snap.problem, snap.includes_ollama, taken_at=now)
+            snap = GpuSnapshot(snap.gpus, snap.source, snap.problem, snap.includes_ollama, now, snap.transient)
             self._cached = snap
             return snap
 
@@ -240,7 +246,7 @@ class GpuProbe:
             if self._nvml_broken != str(exc):
                 log.error("gpus.nvml_failed", problem=str(exc), mode=self.mode)
                 self._nvml_broken = str(exc)
-            return no_gpu_snapshot(str(exc))
+            return no_gpu_snapshot(str(exc), transient=exc.transient)
         if self._nvml_broken is not None:
             log.info("gpus.nvml_recovered")
             self._nvml_broken = None

@@ -197,8 +197,10 @@ def test_partial_offload_policy():
 def test_no_gpu():
     none = decide(inputs(gpus=no_gpu_snapshot("VRAMGATE_GPU=none: vramgate was told there is no GPU")))
     assert isinstance(none, Refuse) and none.status == 507 and none.reason == "no_gpu"
-    broken = decide(inputs(gpus=no_gpu_snapshot("NVML could not start: NVMLError_DriverNotLoaded")))
-    assert isinstance(broken, Refuse) and broken.status == 503 and broken.retry_after
+    missing = decide(inputs(gpus=no_gpu_snapshot("NVML could not start: NVMLError_DriverNotLoaded")))
+    assert isinstance(missing, Refuse) and missing.status == 507 and missing.retry_after is None
+    broken = decide(inputs(gpus=no_gpu_snapshot("NVML failed reading the GPUs: GPU is lost", transient=True)))
+    assert isinstance(broken, Refuse) and broken.status == 503 and broken.retry_after == 30
     allowed = decide(inputs(gpus=no_gpu_snapshot("NVML could not start"), policy=Policy(on_no_gpu="allow")))
     assert isinstance(allowed, Admit) and allowed.unchanged
 

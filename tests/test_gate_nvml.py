@@ -70,9 +70,10 @@ async def test_nvml_missing_is_stated_in_the_decision(start_proxy, emulator, mon
     monkeypatch.setitem(sys.modules, "pynvml", None)
     url = await start_proxy(admission_factory=build_admission, gpu="auto")
     status, headers, body = await post(url, "/api/generate", {"model": "llama3:8b", "prompt": "hi"})
-    assert status == 503 and headers["Retry-After"] == "30"
-    assert body["error"].startswith("vramgate refused to load llama3:8b: it cannot read GPU memory (NVML is not available")
-    assert body["vramgate"]["reason"] == "gpu_unreadable"
+    assert status == 507 and "Retry-After" not in headers
+    assert body["error"].startswith("vramgate refused to load llama3:8b: there is no usable GPU to load it on"
+                                    " (NVML is not available: the pynvml module cannot be imported")
+    assert body["vramgate"]["reason"] == "no_gpu"
     assert emulator.received("/api/generate") == []
     allow = await start_proxy(admission_factory=build_admission, gpu="auto", on_no_gpu="allow")
     raw = b'{"model": "llama3:8b", "prompt": "hi", "stream": false}'
@@ -85,9 +86,10 @@ async def test_nvml_failing_after_start(start_proxy, emulator, monkeypatch, fake
     fake = install(monkeypatch, [rtx_4090_desktop()])
     url = await start_proxy(admission_factory=nvml_gate(fake_proc), gpu="nvml", gpu_cache_ttl=0)
     fake.fail_reads = NVMLError_GpuIsLost()
-    status, _, body = await post(url, "/api/generate", {"model": "llama3:8b", "prompt": "hi"})
-    assert status == 503
-    assert "NVML failed reading the GPUs: NVMLError_GpuIsLost: GPU is lost" in body["error"]
+    status, headers, body = await post(url, "/api/generate", {"model": "llama3:8b", "prompt": "hi"})
+    assert status == 503 and headers["Retry-After"] == "30"
+    assert body["error"].startswith("vramgate refused to load llama3:8b: it cannot read GPU memory (NVML failed"
+                                    " reading the GPUs: NVMLError_GpuIsLost: GPU is lost)")
     fake.fail_reads = None
     status, _, _ = await post(url, "/api/generate", {"model": "llama3:8b", "prompt": "hi", "stream": False})
     assert status == 200
@@ -96,7 +98,7 @@ async def test_nvml_failing_after_start(start_proxy, emulator, monkeypatch, fake
 async def test_no_gpu_mode_refuses_with_507(start_proxy, emulator):
     url = await start_proxy(admission_factory=build_admission, gpu="none")
     status, _, body = await post(url, "/api/chat", {"model": "llama3:8b", "messages": [{"role": "user", "content": "x"}]})
-    assert status == 507 and "there is no GPU to load it on" in body["error"]
+    assert status == 507 and "there is no usable GPU to load it on (VRAMGATE_GPU=none" in body["error"]
 
 
 @pytest.mark.parametrize("unload", [True, False])

@@ -85,6 +85,7 @@ def test_nvml_driver_not_loaded(monkeypatch, fake_proc):
     snap = p.snapshot()
     assert snap.gpus == ()
     assert snap.problem == "NVML could not start: NVMLError_DriverNotLoaded: Driver Not Loaded"
+    assert not snap.transient  # a missing driver does not fix itself: decisions say 507, not "retry"
 
 
 def test_nvml_failing_later_then_recovering(monkeypatch, fake_proc):
@@ -93,7 +94,7 @@ def test_nvml_failing_later_then_recovering(monkeypatch, fake_proc):
     fake.fail_reads = NVMLError_GpuIsLost()
     with capture_logs() as logs:
         snap = p.snapshot()
-    assert snap.gpus == () and "GPU is lost" in snap.problem
+    assert snap.gpus == () and "GPU is lost" in snap.problem and snap.transient
     assert [e["event"] for e in logs] == ["gpus.nvml_failed"]
     fake.fail_reads = None
     assert p.snapshot().gpus
