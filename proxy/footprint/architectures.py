@@ -40,6 +40,15 @@ UNMODELLED = frozenset(
 )
 
 
+#: Architectures whose MTP/NextN blocks (the last ``nextn_predict_layers`` blk.*) llama.cpp skips
+#: unless speculative MTP decoding is requested (TENSOR_SKIP; Ollama does not request it).
+MTP_SKIPPED = frozenset(
+    {"deepseek2", "deepseek32", "deepseek4", "glm4moe", "glm-dsa", "glm5-next", "step35",
+     "bailingmoe3", "cohere2moe", "hy_v3", "mimo2", "qwen3next", "qwen35", "qwen35moe",
+     "nemotron_h", "nemotron_h_moe"}
+)
+
+
 @dataclass(frozen=True)
 class SwaRule:
     """How an architecture marks sliding-window layers when the GGUF has no per-layer array."""

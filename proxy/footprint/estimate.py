@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from proxy.footprint.architectures import MTP_SKIPPED
 from proxy.footprint.compute import compute_bytes as _compute_bytes
 from proxy.footprint.ggml_types import row_bytes
 from proxy.footprint.model import ModelDescription
@@ -59,11 +60,14 @@ def _weights(model: ModelDescription) -> _Weights:
     total = host = output = projector = expert = 0
     tied = True
     token_embd = 0
+    skipped_from = model.block_count - model.nextn_layers if model.architecture in MTP_SKIPPED else None
     for t in model.tensors:
         size = t.nbytes
         if t.is_projector:
             projector += size
             continue
+        if skipped_from is not None and t.block is not None and t.block >= skipped_from:
+            continue  # an MTP block llama.cpp does not load
         total += size
         if t.name == "output.weight":
             tied = False
