@@ -59,8 +59,8 @@ def test_gemma3_sliding_window_layers_keep_window_plus_ubatch():
 
 
 def test_sliding_window_is_never_larger_than_the_context():
-    fp = estimate(load(GEMMA), RunConfig(num_ctx=1024))
-    assert fp.kv_bytes == 48 * 1024 * 8192
+    fp = estimate(load(GPT_OSS), RunConfig(num_ctx=512))  # window 128 + 512 > 512 cells
+    assert fp.kv_bytes == 24 * 512 * 2048
 
 
 def test_sliding_window_grows_with_ubatch():
@@ -207,3 +207,23 @@ def test_estimate_is_cached():
 def test_run_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         RunConfig(**bad)
+
+
+def test_vision_models_get_at_least_2048_context():
+    gemma = load(GEMMA)
+    small = estimate(gemma, RunConfig(num_ctx=512))
+    assert small.num_ctx == 2048
+    assert small.kv_bytes == estimate(gemma, RunConfig(num_ctx=2048)).kv_bytes
+    assert estimate(load(LLAMA), RunConfig(num_ctx=512)).num_ctx == 512
+
+
+def test_mtp_blocks_llama_cpp_skips_are_not_weights():
+    # deepseek2 / glm4moe / qwen3.5 ... load the last nextn_predict_layers blocks only for MTP drafting
+    base = _toy("glm4moe")
+    with_mtp = _toy("glm4moe", nextn_predict_layers=1)
+    run = RunConfig(num_ctx=4096)
+    a, b = estimate(base, run), estimate(with_mtp, run)
+    layer1 = 512 * 512 * 2 * 2 + 512 * 2048 * 2  # blk.1: attn_q, attn_k, ffn_up in F16
+    assert a.weights_bytes - b.weights_bytes == layer1
+    assert b.layer_bytes[1] == 0 and b.kv_bytes == a.kv_bytes // 2
+    assert b.layers == a.layers == 3  # Ollama still counts the block for num_gpu

@@ -18,6 +18,7 @@ from proxy.footprint.model import ModelDescription
 from proxy.footprint.run_config import RunConfig
 
 PAD = 256  # llama.cpp pads n_ctx (and each sequence's share) to 256 cells
+VISION_MIN_CTX = 2048  # Ollama raises num_ctx of models with a vision projector to this
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ class Cells:
 def cells_for(model: ModelDescription, run: RunConfig) -> Cells:
     """llama_context's n_ctx / n_ctx_seq / n_batch / n_ubatch arithmetic for Ollama's launch."""
     num_ctx = run.num_ctx
+    if _weights(model).projector:
+        num_ctx = max(num_ctx, VISION_MIN_CTX)  # Ollama gives vision models at least 2048
     if model.context_length > 0:
         num_ctx = min(num_ctx, model.context_length)  # Ollama caps to the trained context
     n_ctx_req = num_ctx * run.parallel
@@ -194,7 +197,9 @@ def estimate(model: ModelDescription, run: RunConfig) -> Footprint:
         notes.append(
             f"num_ctx {run.num_ctx} capped to the trained context {model.context_length}"
         )
-    if cells.num_ctx != min(run.num_ctx, model.context_length or run.num_ctx):
+    if w.projector and run.num_ctx < VISION_MIN_CTX:
+        notes.append(f"num_ctx raised to {VISION_MIN_CTX}: Ollama's minimum for vision models")
+    elif cells.num_ctx != min(run.num_ctx, model.context_length or run.num_ctx):
         notes.append(f"context padded to {cells.num_ctx} cells per sequence (multiple of {PAD})")
     return Footprint(
         weights_bytes=w.total,
