@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from proxy.gpus import Gpu, GpuSnapshot
-from proxy.ollama_server import ServerSettings, default_num_batch
+from proxy.ollama_server import ServerSettings, default_num_batch, parallel_for
 from proxy.residency import Resident, model_key
 
 
@@ -80,6 +80,7 @@ class ModelFacts:
     trained_ctx: int  # 0 = unknown
     is_embedding: bool
     modelfile: Mapping[str, Any] = field(default_factory=dict)  # Modelfile PARAMETERs
+    architecture: str = ""
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def decide(inp: Inputs) -> Decision:
         return Admit({}, True, "partial_allowed", note=f"num_gpu {client_gpu} of {model.layers} layers: spilling allowed by policy")
 
     ctx, source = effective_ctx(inp)
-    parallel = 1 if model.is_embedding else inp.server.parallel
+    parallel = parallel_for(model.architecture, model.is_embedding, inp.server.parallel)
     totals = [g.total for g in inp.gpus.gpus]
     key = model_key(req.model)
     resident = next((r for r in inp.residents if r.name == key), None)

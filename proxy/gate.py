@@ -180,7 +180,8 @@ class Gate:
                 return None
             return decode_tokens_per_s(desc, fp, gpu_bw, host_bw, host_layers)
 
-        facts = ModelFacts(model_key(name), desc.layers, desc.context_length, desc.is_embedding, dict(desc.parameters))
+        facts = ModelFacts(model_key(name), desc.layers, desc.context_length, desc.is_embedding, dict(desc.parameters),
+                           desc.architecture)
         return Inputs(
             request=LoadRequest(model_key(name), route, options),  # type: ignore[arg-type]
             model=facts,

@@ -52,6 +52,17 @@ def default_num_ctx(version: Version, gpu_totals: list[int], gpu_overhead: int, 
     return 2048
 
 
+# Ollama runs these with one slot whatever OLLAMA_NUM_PARALLEL says (server/sched.go), like embedding models.
+SINGLE_SLOT_ARCHITECTURES = frozenset({
+    "mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe", "qwen3next", "lfm2", "lfm2moe",
+    "nemotron_h", "nemotron_h_moe", "nemotron_h_omni",
+})
+
+
+def parallel_for(architecture: str, is_embedding: bool, parallel: int) -> int:
+    return 1 if is_embedding or architecture in SINGLE_SLOT_ARCHITECTURES else parallel
+
+
 def default_num_batch(version: Version, is_embedding: bool, num_ctx: int, flash_attention: bool, gpu_total: int) -> int:
     """The batch Ollama picks when nobody set ``num_batch`` (it scales the compute buffer).
 

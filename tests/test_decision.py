@@ -315,3 +315,11 @@ def test_main_gpu_pins_the_placement():
     assert isinstance(decide(inputs(options={"num_ctx": 8192}, gpus=two)), Admit)
     pinned = decide(inputs(options={"num_ctx": 8192, "main_gpu": 1}, gpus=two))
     assert isinstance(pinned, Refuse) and [b.index for b in pinned.budgets] == [1] and pinned.status == 503
+
+
+def test_single_slot_architectures_ignore_num_parallel():
+    server = ServerSettings((0, 30, 0), "0.30.0", 4, "f16", True, 0, 0)
+    inp = inputs(options={"num_ctx": 65536}, server=server)
+    qwen3vl = Inputs(inp.request, ModelFacts("m", 33, 262144, False, {}, "qwen3vl"), inp.sizer, server, inp.gpus, policy=POLICY)
+    d = decide(qwen3vl)
+    assert isinstance(d, Admit) and d.num_ctx == 65536 and d.need.parallel == 1
