@@ -24,7 +24,7 @@ from proxy.footprint.architectures import NO_MEMORY
 
 if TYPE_CHECKING:  # pragma: no cover
     from proxy.footprint.estimate import Cells
-    from proxy.footprint.model import ModelDescription
+    from proxy.footprint.model import ModelDescription, Tensor
     from proxy.footprint.run_config import RunConfig
 
 F32 = 4
@@ -76,6 +76,8 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
         scores = cells.num_ctx * t * n_head * F32
     else:
         attn = t * (4 * n_embd + 16 * q_dim + 4 * kv_dim)
+        if _layer_tensor(model, "post_ffw_norm.weight"):  # gemma2/3: the post-attention norm output
+            attn += t * F32 * n_embd
         if has_attention:
             scores = (t if no_cache else cells.num_ctx) * t * n_head * F32
     # the per-token attention tensors are freed before the FFN, which reuses their blocks (the big
@@ -100,6 +102,9 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
         # mul_mat_id outputs: gate, up and activation [used x n_ff_exp], down and its weighted
         # copy [used x n_embd], router logits and probabilities [n_expert]
         ffn_moe = t * F32 * (2 * used * n_embd + 3 * used * n_ff_exp + 2 * model.expert_count)
+        shared = _layer_tensor(model, "ffn_up_shexp.weight")
+        if shared is not None and len(shared.shape) > 1:
+            ffn_moe += t * F32 * 2 * shared.shape[1]  # shared experts' gate and up outputs
         if attn_live >= t * F32 * used * n_ff_exp:
             ffn_moe -= t * F32 * used * n_ff_exp  # the activation fits into a freed attention block
     ffn = max(ffn_dense, ffn_moe) + mask
@@ -118,6 +123,12 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
     out = rows * vocab * F32 + min(rows * 2, 2 * t) * n_embd * F32
 
     return int(max(attn, ffn, ssm, out)) + 16 * 1024
+
+
+@lru_cache(maxsize=4096)
+def _layer_tensor(model: ModelDescription, suffix: str) -> Tensor | None:
+    """The first repeating-layer tensor whose name ends with ``suffix`` (its shape tells widths)."""
+    return next((t for t in model.tensors if t.name.startswith("blk.") and t.name.endswith(suffix)), None)
 
 
 @lru_cache(maxsize=512)
