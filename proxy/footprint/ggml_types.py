@@ -16,14 +16,20 @@ def _table() -> dict[str, tuple[int, int]]:
     table = {t.name: GGML_QUANT_SIZES[t] for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}
     # gguf 0.19 lists Q8_1 as 40 bytes; ggml's block_q8_1 is two f16 (d, s) + 32 int8 = 36 bytes.
     table["Q8_1"] = (32, 36)
+    # Interleaved types removed from ggml in 2024 but still inside old GGUF files (same block bytes).
+    for name in _LEGACY_IDS.values():
+        table.setdefault(name, (32, 18))
     return table
+
+
+_LEGACY_IDS = {31: "Q4_0_4_4", 32: "Q4_0_4_8", 33: "Q4_0_8_8", 36: "IQ4_NL_4_4", 37: "IQ4_NL_4_8", 38: "IQ4_NL_8_8"}
 
 
 #: type name -> (elements per block, bytes per block)
 GGML_TYPES: dict[str, tuple[int, int]] = _table()
 
 #: ggml enum id -> type name (GGUF files store the id)
-TYPE_NAMES_BY_ID: dict[int, str] = {t.value: t.name for t in GGMLQuantizationType}
+TYPE_NAMES_BY_ID: dict[int, str] = {**_LEGACY_IDS, **{t.value: t.name for t in GGMLQuantizationType}}
 
 #: KV cache types llama.cpp accepts for -ctk/-ctv, by their lower-case CLI name.
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")

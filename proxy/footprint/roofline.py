@@ -48,10 +48,9 @@ def decode_tokens_per_s(
     n = model.block_count
     host_layers = max(0, min(host_layers, n + 1))
     weights = _weights(model)
-    kv_layer = [
-        max(lb - w, 0) // max(1, footprint.cells // max(1, footprint.num_ctx))
-        for lb, w in zip(footprint.layer_bytes, weights.per_layer)
-    ]
+    # one sequence reads its own KV stream: a layer's KV (+ state) divided by the streams
+    streams = max(1, footprint.cells // max(1, footprint.num_ctx))
+    kv_layer = [(lb - w) // streams for lb, w in zip(footprint.layer_bytes, weights.per_layer)]
     gpu = host = 0.0
     for il in range(n):
         read = active[il] + kv_layer[il]
