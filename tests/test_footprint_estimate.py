@@ -227,3 +227,13 @@ def test_mtp_blocks_llama_cpp_skips_are_not_weights():
     assert a.weights_bytes - b.weights_bytes == layer1
     assert b.layer_bytes[1] == 0 and b.kv_bytes == a.kv_bytes // 2
     assert b.layers == a.layers == 3  # Ollama still counts the block for num_gpu
+
+
+def test_ollamas_gptoss_name_gets_the_gpt_oss_rules():
+    show = json.loads((DATA / "show-gpt-oss-20b.json").read_text())
+    show["model_info"] = {k.replace("gpt-oss.", "gptoss."): v for k, v in show["model_info"].items()}
+    show["model_info"]["general.architecture"] = "gptoss"
+    m = description_from_show(show)
+    assert m.architecture == "gptoss" and m.known_architecture
+    run = RunConfig(num_ctx=8192)
+    assert estimate(m, run).kv_bytes == estimate(load(GPT_OSS), run).kv_bytes

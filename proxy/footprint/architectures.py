@@ -19,6 +19,9 @@ NO_MEMORY = frozenset(
     }
 )
 
+#: Architecture names Ollama's own converter writes for models llama.cpp knows under another name.
+ALIASES = {"gptoss": "gpt-oss"}
+
 #: Purely recurrent architectures (``llm_arch_is_recurrent``): one state per sequence per layer.
 RECURRENT = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
 

@@ -49,11 +49,12 @@ def describe(
     name: str | None = None,
     projector_bytes: int = 0,
 ) -> ModelDescription:
-    arch = str(metadata.get("general.architecture") or "unknown")
+    prefix = str(metadata.get("general.architecture") or "unknown")
+    arch = archs.ALIASES.get(prefix, prefix)  # the llama.cpp name the rules are keyed by
     tensors = tuple(tensors)
 
     def key(suffix: str, default: Any = None) -> Any:
-        return metadata.get(f"{arch}.{suffix}", default)
+        return metadata.get(f"{prefix}.{suffix}", default)
 
     n_layer = _int(key("block_count"))
     n_embd = _int(key("embedding_length"))
@@ -173,7 +174,7 @@ def describe(
     params = MappingProxyType(dict(parameters or {}))
     ff = _per_layer(key("feed_forward_length"), n_layer)
     return ModelDescription(
-        architecture=arch,
+        architecture=prefix,
         block_count=n_layer,
         context_length=_int(key("context_length")),
         embedding_length=n_embd,
