@@ -541,6 +541,50 @@ def lfm2(size: str) -> ModelSpec:
     return b.spec(f"lfm2-{size}", n_vocab, n_ctx)
 
 
+def granitehybrid(size: str) -> ModelSpec:
+    """Granite-4.0-H-Micro-like hybrid: Mamba2 SSM layers (conv + SSM state) and a few GQA layers."""
+    real = size == "real"
+    if real:
+        n_embd, n_ff, n_head, n_vocab, d_state, n_group, n_ssm_head = 2048, 8192, 32, 100352, 128, 1, 64
+        kv = [0] * 40
+        for i in (9, 19, 29, 39):
+            kv[i] = 8
+    else:
+        n_embd, n_ff, n_head, n_vocab, d_state, n_group, n_ssm_head = 256, 512, 4, 259, 16, 1, 8
+        kv = [0, 0, 2, 0]
+    d_inner, d_conv = 2 * n_embd, 4  # llama.cpp supports only an expansion factor of 2
+    n_layer = len(kv)
+    n_ctx = 131072 if real else 32768
+    head = n_embd // n_head
+    b = _Builder("granitehybrid", sparse=real)
+    _common(b, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=kv)
+    b.key("ssm.conv_kernel", d_conv)
+    b.key("ssm.inner_size", d_inner)
+    b.key("ssm.state_size", d_state)
+    b.key("ssm.time_step_rank", n_ssm_head)
+    b.key("ssm.group_count", n_group)
+    b.key("rope.freq_base", 10000.0)
+    _embed_and_output(b, n_embd, n_vocab, tied=True)
+    conv_dim = d_inner + 2 * n_group * d_state
+    for i, n_kv in enumerate(kv):
+        p = f"blk.{i}."
+        b.weight(p + "attn_norm.weight", n_embd)
+        if n_kv:
+            _attn_qkvo(b, i, n_embd, n_head * head, n_kv * head)
+        else:
+            b.weight(p + "ssm_in.weight", n_embd, 2 * d_inner + 2 * n_group * d_state + n_ssm_head)
+            b.weight(p + "ssm_conv1d.weight", d_conv, conv_dim, qtype=F32)
+            b.weight(p + "ssm_conv1d.bias", conv_dim)
+            b.weight(p + "ssm_dt.bias", n_ssm_head)
+            b.weight(p + "ssm_a", 1, n_ssm_head, qtype=F32)  # no ".weight" suffix in llama.cpp
+            b.weight(p + "ssm_d", 1, n_ssm_head, qtype=F32)
+            b.weight(p + "ssm_norm.weight", d_inner // n_group, n_group, qtype=F32)
+            b.weight(p + "ssm_out.weight", d_inner, n_embd)
+        b.weight(p + "ffn_norm.weight", n_embd)
+        _ffn(b, i, n_embd, n_ff)
+    return b.spec(f"granitehybrid-{size}", n_vocab, n_ctx)
+
+
 ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {
     "llama": llama,
     "llama-tied": lambda size: llama(size, tied=True),
@@ -553,6 +597,7 @@ ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {
     "deepseek2": deepseek2,
     "bert": bert,
     "lfm2": lfm2,
+    "granitehybrid": granitehybrid,
 }
 SIZES = ("small", "real")
 
