@@ -16,7 +16,7 @@ import pytest
 from proxy.footprint import RunConfig, description_from_show, estimate
 from tests.oracle.compare import COMPONENTS, compare_model, gguf_description
 from tests.oracle.fixtures import oracle  # noqa: F401  (session fixture: builds llama.cpp when missing)
-from tests.oracle.models import ARCHITECTURES, SIZES, build
+from tests.oracle.models import ARCHITECTURES, SIZES, UNKNOWN_ARCHITECTURES, build
 from tests.oracle.show import show_response
 
 pytestmark = pytest.mark.oracle
@@ -66,3 +66,18 @@ def test_show_and_gguf_describe_the_same_model(model, verbose):
     assert from_show.tensors == from_gguf.tensors
     run = RunConfig(num_ctx=4096, parallel=2, flash_attention=False)
     assert estimate(from_show, run) == estimate(from_gguf, run)
+
+
+@pytest.mark.parametrize("model", [(a, s) for a in UNKNOWN_ARCHITECTURES for s in SIZES], ids=_ids)
+def test_unknown_architecture_is_flagged_and_errs_high(oracle, model):
+    """An architecture the estimator does not model: it says so, and never under-estimates."""
+    arch, size = model
+    rows = compare_model(arch, size)
+    description = gguf_description(build(arch, size)[1])
+    fp = estimate(description, RunConfig(num_ctx=4096))
+    assert fp.known_architecture is False
+    assert any(arch in note for note in fp.notes), fp.notes
+    weights = [r for r in rows if r.component == "weights"]
+    assert all(r.ok for r in weights), [r.describe() for r in weights if not r.ok]
+    low = [r for r in rows if r.component in ("kv", "total") and (r.estimated is None or r.estimated < r.measured)]
+    assert not low, "under-estimates:\n" + "\n".join(r.describe() for r in low[:20])

@@ -585,6 +585,30 @@ def granitehybrid(size: str) -> ModelSpec:
     return b.spec(f"granitehybrid-{size}", n_vocab, n_ctx)
 
 
+def maincoder(size: str) -> ModelSpec:
+    """An architecture llama.cpp loads but the estimator does not model (qwen3-8B-like shapes).
+
+    maincoder is a plain GQA transformer with q/k norms; it stands for "a new architecture":
+    the estimator must say it does not know it and err high.
+    """
+    real = size == "real"
+    n_embd, n_layer, n_ff, n_head, n_kv, head, n_vocab = (
+        (4096, 36, 12288, 32, 8, 128, 151936) if real else (256, 2, 512, 4, 2, 64, 259))
+    n_ctx = 32768
+    b = _Builder("maincoder", sparse=real)
+    _common(b, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=n_kv, head_dim=head)
+    _embed_and_output(b, n_embd, n_vocab, tied=False)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        b.weight(p + "attn_norm.weight", n_embd)
+        _attn_qkvo(b, i, n_embd, n_head * head, n_kv * head)
+        b.weight(p + "attn_k_norm.weight", head)
+        b.weight(p + "attn_q_norm.weight", head)
+        b.weight(p + "ffn_norm.weight", n_embd)
+        _ffn(b, i, n_embd, n_ff)
+    return b.spec(f"maincoder-{size}", n_vocab, n_ctx)
+
+
 ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {
     "llama": llama,
     "llama-tied": lambda size: llama(size, tied=True),
@@ -599,9 +623,11 @@ ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {
     "lfm2": lfm2,
     "granitehybrid": granitehybrid,
 }
+#: Loaded by llama.cpp, not modelled by the estimator: it must flag them and err high.
+UNKNOWN_ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {"maincoder": maincoder}
 SIZES = ("small", "real")
 
 
 def build(arch: str, size: str) -> tuple[ModelSpec, Path]:
-    spec = ARCHITECTURES[arch](size)
+    spec = (ARCHITECTURES.get(arch) or UNKNOWN_ARCHITECTURES[arch])(size)
     return spec, model_path(spec)

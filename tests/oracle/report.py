@@ -13,7 +13,7 @@ import sys
 import time
 
 from .compare import COMPONENTS, TOLERANCES, Row, compare_model, worst
-from .models import ARCHITECTURES, SIZES
+from .models import ARCHITECTURES, SIZES, UNKNOWN_ARCHITECTURES
 
 MiB = 1024 * 1024
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     archs = args.arch or list(ARCHITECTURES)
     sizes = args.size or list(SIZES)
-    unknown = [a for a in archs if a not in ARCHITECTURES]
+    unknown = [a for a in archs if a not in ARCHITECTURES and a not in UNKNOWN_ARCHITECTURES]
     if unknown:
         parser.error(f"unknown architecture(s) {unknown}")
 
