@@ -113,8 +113,12 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
     ssm = 0
     if any(model.recurrent_layers):
         d_inner = model.ssm_inner_size or 2 * n_embd
-        ssm = t * F32 * (4 * d_inner + 2 * model.ssm_state_size * max(model.ssm_group_count, 1))
-        ssm += max(model.recurrent_r + model.recurrent_s, 0) * F32 * run.parallel
+        # in_proj output (z, xBC, dt), the convolved xBC, y and the gated output; fitted on Mamba2
+        # shapes (the scan's per-sequence state copy is the next term)
+        groups = model.ssm_state_size * max(model.ssm_group_count, 1)
+        ssm = t * (26 * d_inner + 12 * groups + 8 * model.ssm_time_step_rank)
+        copies = 2 if model.ssm_group_count > 1 else 1  # measured: grouped scans hold two copies
+        ssm += max(model.recurrent_r + model.recurrent_s, 0) * F32 * run.parallel * copies
         ssm += mask
 
     # output phase
