@@ -112,11 +112,14 @@ def compute_bytes(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
     # recurrent (SSM) layers: the per-token state tensors of the scan
     ssm = 0
     if any(model.recurrent_layers):
-        d_inner = model.ssm_inner_size or 2 * n_embd
-        # in_proj output (z, xBC, dt), the convolved xBC, y and the gated output; fitted on Mamba2
-        # shapes (the scan's per-sequence state copy is the next term)
-        groups = model.ssm_state_size * max(model.ssm_group_count, 1)
-        ssm = t * (26 * d_inner + 12 * groups + 8 * model.ssm_time_step_rank)
+        d_inner = model.ssm_inner_size
+        if d_inner:
+            # in_proj output (z, xBC, dt), the convolved xBC, y and the gated output; fitted on
+            # Mamba2 shapes (the scan's per-sequence state copy is the next term)
+            groups = model.ssm_state_size * max(model.ssm_group_count, 1)
+            ssm = t * (26 * d_inner + 12 * groups + 8 * model.ssm_time_step_rank)
+        else:  # short convolutions (LFM2) and RWKV time mixing: a few n_embd-wide tensors
+            ssm = t * F32 * 6 * n_embd
         copies = 2 if model.ssm_group_count > 1 else 1  # measured: grouped scans hold two copies
         ssm += max(model.recurrent_r + model.recurrent_s, 0) * F32 * run.parallel * copies
         ssm += mask
