@@ -42,6 +42,17 @@ class RelayResponse(web.StreamResponse):
             self.headers.popall("Server", None)
 
 
+class RelayWholeResponse(web.Response):
+    """An answer that had fully arrived: sent as one write, again without a ``Server`` of our own."""
+
+    _keep_server = False
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        if not self._keep_server:
+            self.headers.popall("Server", None)
+
+
 class Relay:
     def __init__(
         self,
@@ -131,6 +142,15 @@ class Relay:
         if streamed and "X-Accel-Buffering" not in headers:
             headers["X-Accel-Buffering"] = "no"  # an nginx in front must not buffer streams
         known_length = upstream.content_length is not None
+        whole = upstream.body_if_complete() if known_length else None
+        if whole is not None:
+            # fast path: the whole (small) answer is already here, nothing is left to stream
+            answer = RelayWholeResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            answer._keep_server = "Server" in headers
+            if whole:
+                answer.body = whole
+            self._log(request, upstream.status, len(whole), started, ttfb, "ok")
+            return answer
         out = RelayResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         out._keep_server = "Server" in headers
         if known_length:

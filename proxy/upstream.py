@@ -93,6 +93,15 @@ class UpstreamResponse:
             self._conn.resume_reading()
         return chunk
 
+    def body_if_complete(self) -> bytes | None:
+        """The whole body when it has already arrived in full (small answers), else None."""
+        if not self._complete:
+            return None
+        body = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
+        self._chunks.clear()
+        self._buffered = 0
+        return body
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         while chunk := await self.read():
             yield chunk
