@@ -164,8 +164,8 @@ def describe(
     known = archs.is_known(arch)
     if not known:
         notes.append(
-            f"architecture {arch!r} is not modelled: KV assumes full context on every layer "
-            "and compute the no-flash-attention bound, so the estimate errs high"
+            f"architecture {arch!r} is not modelled: KV assumes full context on every layer (+10 %) "
+            "and compute the no-flash-attention peak (+25 %), so the estimate errs high"
         )
         attention = (True,) * n_layer
         swa = (False,) * n_layer

@@ -187,6 +187,8 @@ def estimate(model: ModelDescription, run: RunConfig) -> Footprint:
     w = _weights(model)
     cells = cells_for(model, run)
     kv_layers = kv_per_layer(model, run, cells)
+    if not model.known_architecture:  # caches we do not know (indexers, compressed KV): +10 %
+        kv_layers = tuple((kv + kv // 10, r + r // 10) for kv, r in kv_layers)
     attention_kv = sum(kv for kv, _ in kv_layers)
     recurrent = sum(r for _, r in kv_layers)
     compute = _compute_bytes(model, run, cells)
