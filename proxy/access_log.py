@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,6 +23,13 @@ MAX_PENDING = 256
 _encode = json.JSONEncoder(separators=(", ", ": ")).encode
 
 
+def _string(text: str) -> str:
+    """A JSON string; plain ASCII (the usual method, path, address) skips the encoder."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return '"' + text + '"'
+    return _encode(text)
+
+
 class AccessLog:
     def __init__(self) -> None:
         output = current()
@@ -30,6 +38,8 @@ class AccessLog:
         self._log: Any = get_logger("vramgate.access")
         self._flush_pending = False
         self._pending: list[str] = []
+        self._stamp_second = -1
+        self._stamp_prefix = ""
 
     def record(self, method: str, path: str, status: int, sent: int, duration: float, client: str,
                ttfb: float | None, outcome: str = "ok") -> None:
@@ -42,13 +52,12 @@ class AccessLog:
             self._log.info("access", method=method, path=path, status=status, bytes=sent, duration_ms=duration_ms,
                            upstream_ttfb_ms=ttfb_ms, client=client, outcome=outcome)
             return
-        stamp = datetime.now(timezone.utc).isoformat()[:-6] + "Z"
         self._pending.append(
             '{"logger": "vramgate.access", "method": %s, "path": %s, "status": %d, "bytes": %d, '
-            '"duration_ms": %s, "upstream_ttfb_ms": %s, "client": %s, "outcome": "%s", '
+            '"duration_ms": %r, "upstream_ttfb_ms": %s, "client": %s, "outcome": "%s", '
             '"event": "access", "level": "info", "timestamp": "%s"}\n'
-            % (_encode(method), _encode(path), status, sent, _encode(duration_ms), _encode(ttfb_ms),
-               _encode(client), outcome, stamp))
+            % (_string(method), _string(path), status, sent, duration_ms, "null" if ttfb_ms is None else repr(ttfb_ms),
+               _string(client), outcome, self._timestamp()))
         if len(self._pending) >= MAX_PENDING:
             self.flush()
         elif not self._flush_pending:
@@ -57,6 +66,15 @@ class AccessLog:
                 asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
             except RuntimeError:
                 self.flush()
+
+    def _timestamp(self) -> str:
+        """``2026-11-24T21:56:18.731275Z`` like structlog's TimeStamper(fmt="iso", utc=True)."""
+        now = time.time()
+        second = int(now)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp_prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        return "%s.%06dZ" % (self._stamp_prefix, int((now - second) * 1e6))
 
     def flush(self) -> None:
         """Write the lines gathered so far in one go (a write per request would cost a syscall each)."""

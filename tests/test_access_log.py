@@ -1,0 +1,61 @@
+"""The access log's hand-written JSON lines are valid JSON with the fields structlog would give."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.access_log import AccessLog
+from proxy.logging_setup import configure_logging
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    yield out
+    configure_logging("json", "warning")
+
+
+@pytest.mark.parametrize("path,client", [
+    ("/api/generate", "127.0.0.1"),
+    ('/api/"quoted"\\path', "::1"),
+    ("/api/blobs/sha256:é✓", ""),
+    ("/tab\there", "10.0.0.7"),
+])
+def test_lines_are_json_with_every_field(stream: io.StringIO, path: str, client: str) -> None:
+    log = AccessLog()
+    log.record("POST", path, 200, 1234, 0.0123456, client, 0.0004, "ok")
+    log.record("GET", path, 502, 0, 2.5, client, None, "upstream_unreachable")
+    log.flush()
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first == {
+        "logger": "vramgate.access", "method": "POST", "path": path, "status": 200, "bytes": 1234,
+        "duration_ms": 12.346, "upstream_ttfb_ms": 0.4, "client": client, "outcome": "ok",
+        "event": "access", "level": "info", "timestamp": first["timestamp"],
+    }
+    assert first["timestamp"].endswith("Z") and len(first["timestamp"]) == len("2026-11-24T21:56:18.731275Z")
+    assert second["upstream_ttfb_ms"] is None and second["duration_ms"] == 2500.0
+
+
+def test_nothing_is_written_below_the_configured_level() -> None:
+    out = io.StringIO()
+    configure_logging("json", "warning", stream=out)
+    log = AccessLog()
+    log.record("GET", "/", 200, 17, 0.001, "127.0.0.1", 0.0005)
+    log.flush()
+    assert out.getvalue() == ""
+
+
+def test_console_format_goes_through_structlog() -> None:
+    out = io.StringIO()
+    configure_logging("console", "info", stream=out)
+    try:
+        AccessLog().record("GET", "/api/tags", 200, 17, 0.001, "127.0.0.1", 0.0005)
+    finally:
+        configure_logging("json", "warning")
+    text = out.getvalue()
+    assert "access" in text and "path=/api/tags" in text and "status=200" in text
