@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from tests.oracle.fixtures import oracle  # noqa: F401  (session fixture: builds llama.cpp when missing)
-from tests.oracle.measure import OracleError, fit_print, measure, server_args
+from tests.oracle.measure import OracleError, fit_print, measure, measure_args, server_args
 from tests.oracle.models import ARCHITECTURES, build, model_path
 
 pytestmark = pytest.mark.oracle
@@ -87,3 +87,21 @@ def test_swa_full_gives_sliding_window_layers_the_whole_context(oracle):
     assert sorted(windowed.kv_cells) == [768, 8192]  # pad(256 + ubatch 512, 256)
     assert full.kv_cells == (8192, 8192)
     assert full.context_bytes > windowed.context_bytes
+
+
+def test_no_alloc_numbers_are_what_llama_cpp_really_allocates(oracle):
+    """The probe's dry run (no_alloc) and a real allocation of the same context agree to the byte."""
+    _, path = build("gemma3", "small")
+    args = server_args(4096, 2, flash_attention=False, n_batch=512)
+    dry = measure_args(path, args, oracle)
+    real = measure_args(path, args, oracle, real_alloc=True)
+    assert (dry.context_bytes, dry.compute_bytes) == (real.context_bytes, real.compute_bytes)
+    # really allocated, the weights are the mmapped span of the file's data section
+    assert abs(real.model_bytes - dry.model_bytes) <= 32 * len(build("gemma3", "small")[0].tensors)
+
+
+def test_output_buffer_is_logged_even_without_allocation(oracle):
+    """llama-server reserves one row of logits per sequence: n_vocab x parallel x 4 bytes."""
+    spec, path = build("llama", "real")  # 128256-token vocabulary
+    m = measure(path, 2048, 4, flash_attention=True, oracle=oracle)
+    assert m.output_mib == pytest.approx(128256 * 4 * 4 / MiB, abs=0.006)

@@ -32,7 +32,7 @@ _RS_LINE = re.compile(
     r"llama_memory_recurrent: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers, +(\d+) seqs +(\d+) rs_seq\), "
     r"R \((\w+)\): +([\d.]+) MiB, S \((\w+)\): +([\d.]+) MiB"
 )
-_COMPUTE_LINE = re.compile(r"sched_reserve: +(\S+) compute buffer size = +([\d.]+) MiB")
+_OUTPUT_LINE = re.compile(r"llama_context: +\S+ +output buffer size = +([\d.]+) MiB")
 
 
 class OracleError(RuntimeError):
@@ -70,8 +70,8 @@ class Measurement:
     """llama.cpp's allocation for one configuration, bytes summed over all buffer types.
 
     context_bytes is llama.cpp's "context" category: the memory module (KV cache plus recurrent
-    state). The output (logits) buffer is NOT part of it in this llama.cpp: llama_context's
-    memory breakdown leaves it out and no_alloc reports it as 0.
+    state). The output (logits) buffer is NOT part of it in this llama.cpp (llama_context's
+    memory breakdown leaves it out); output_mib is its size as logged, to 0.01 MiB.
     """
 
     model_bytes: int
@@ -84,6 +84,7 @@ class Measurement:
     buffers: tuple[dict, ...] = ()
     kv_caches: tuple[KvCacheLine, ...] = ()
     recurrent: tuple[RecurrentLine, ...] = ()
+    output_mib: float | None = None  # the output (logits) buffer from the log, 0.01 MiB resolution
     args: tuple[str, ...] = field(default=())
 
     @property
@@ -158,6 +159,7 @@ def _parse(stdout: str, log: str, args: list[str]) -> Measurement:
         RecurrentLine(float(m[1]), int(m[2]), int(m[3]), int(m[4]), float(m[7]), float(m[9]))
         for m in _RS_LINE.finditer(log)
     )
+    out = _OUTPUT_LINE.search(log)
     return Measurement(
         model_bytes=sum(b["model"] for b in buffers),
         context_bytes=sum(b["context"] for b in buffers),
@@ -169,6 +171,7 @@ def _parse(stdout: str, log: str, args: list[str]) -> Measurement:
         buffers=buffers,
         kv_caches=kv,
         recurrent=rs,
+        output_mib=float(out[1]) if out else None,
         args=tuple(args),
     )
 
@@ -182,22 +185,31 @@ def _from_json(data: dict) -> Measurement:
     return Measurement(**data)
 
 
-def run_probe(path: Path, args: list[str], oracle: Oracle | None = None) -> tuple[str, str, int]:
-    """Run the probe once, uncached: (stdout, log, returncode)."""
+def run_probe(
+    path: Path, args: list[str], oracle: Oracle | None = None, real_alloc: bool = False
+) -> tuple[str, str, int]:
+    """Run the probe once, uncached: (stdout, log, returncode).
+
+    real_alloc really allocates (and reads the weights through mmap): only for small models, to
+    check that the no_alloc numbers are what llama.cpp actually allocates.
+    """
     oracle = oracle or ensure_oracle()
+    env = dict(os.environ, VRAMGATE_PROBE_ALLOC="1" if real_alloc else "0")
     proc = subprocess.run(
         [str(oracle.probe), "-m", str(path), *args],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=env,
     )
     return proc.stdout, proc.stderr, proc.returncode
 
 
-def measure_args(path: Path | str, args: list[str], oracle: Oracle | None = None) -> Measurement:
+def measure_args(
+    path: Path | str, args: list[str], oracle: Oracle | None = None, real_alloc: bool = False
+) -> Measurement:
     """Measure with explicit llama-server arguments (cached)."""
     path = Path(path)
     oracle = oracle or ensure_oracle()
     key = hashlib.sha256(
-        json.dumps([oracle.identity, _model_identity(path), args]).encode()
+        json.dumps([oracle.identity, _model_identity(path), args, real_alloc]).encode()
     ).hexdigest()[:32]
     if key in _memo:
         return _memo[key]
@@ -209,7 +221,7 @@ def measure_args(path: Path | str, args: list[str], oracle: Oracle | None = None
             return result
         except (ValueError, TypeError, KeyError):
             disk.unlink(missing_ok=True)
-    stdout, log, rc = run_probe(path, args, oracle)
+    stdout, log, rc = run_probe(path, args, oracle, real_alloc)
     if rc != 0 and '"error"' not in stdout:
         raise OracleError(f"probe exited {rc}; llama.cpp log tail:\n" + "\n".join(log.splitlines()[-15:]))
     result = _parse(stdout, log, args)

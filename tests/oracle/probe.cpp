@@ -11,6 +11,7 @@
 #include "../src/llama-ext.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 static void log_to_stderr(ggml_log_level level, const char * text, void * /*user_data*/) {
@@ -45,8 +46,14 @@ int main(int argc, char ** argv) {
 
     llama_model_params mparams = common_model_params_to_llama(params);
     llama_context_params cparams = common_context_params_to_llama(params);
-    mparams.no_alloc  = true;
-    mparams.load_mode = LLAMA_LOAD_MODE_NONE;
+    // VRAMGATE_PROBE_ALLOC=1: really allocate (mmap the weights, allocate KV/output/compute) to check
+    // that the no_alloc numbers are the real ones and to see the output buffer, which no_alloc reports as 0
+    const char * alloc_env = getenv("VRAMGATE_PROBE_ALLOC");
+    const bool real_alloc = alloc_env != nullptr && strcmp(alloc_env, "1") == 0;
+    if (!real_alloc) {
+        mparams.no_alloc  = true;
+        mparams.load_mode = LLAMA_LOAD_MODE_NONE;
+    }
 
     llama_model * model = llama_model_load_from_file(params.model.path.c_str(), mparams);
     if (model == nullptr) {

@@ -24,6 +24,8 @@ def _cell(row: Row | None) -> str:
     if row.estimated is None:
         return "ERROR"
     mark = "" if row.ok else " !"
+    if row.measured == 0:
+        return f"n/a ({(row.estimated - row.measured) / MiB:+.3f}M){mark}"
     return f"{row.rel_err:+.2%} ({(row.estimated - row.measured) / MiB:+.1f}M){mark}"
 
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     width = 22
     header = f"{'model':18s} {'cases':>5s}  " + "  ".join(f"{c:>{width}s}" for c in COMPONENTS) + "  failing"
     print("worst relative error (estimate - llama.cpp) per component; ! = outside tolerance")
-    print("tolerances: " + ", ".join(f"{c} {r:.1%} or {a // MiB} MiB" for c, (r, a) in TOLERANCES.items()))
+    print("tolerances: " + ", ".join(f"{c} {r:.1%} or {a / MiB:.3g} MiB" for c, (r, a) in TOLERANCES.items()))
     print(header)
     print("-" * len(header))
     all_failing: list[Row] = []
