@@ -121,6 +121,15 @@ def grid(spec: ModelSpec) -> list[Case]:
             for fa in (False, True):
                 if ctx <= train:
                     cases.append(Case(ctx, 2, "f16", "f16", fa, 2048))
+    # contexts that are not multiples of 256 and an odd slot count: per-sequence padding
+    odd = [(1000, 1), (1000, 3), (3000, 3)] if not spec.sparse else [(1000, 3)]
+    for ctx, par in odd:
+        for k, v, fa in [("f16", "f16", False), ("q8_0", "q8_0", True)]:
+            if ctx <= train:
+                cases.append(Case(ctx, par, k, v, fa, 512))
+    if spec.sparse and train >= 131072:  # a long context, where compute without FA is largest
+        for fa in (False, True):
+            cases.append(Case(131072, 1, "f16", "f16", fa, 512))
     if any(k.endswith("attention.sliding_window") for k, _ in spec.kv):
         for ctx in (4096, 32768):
             for par in (1, 2):
