@@ -196,3 +196,30 @@ async def test_create_blob_body_arrives_intact(twins: tuple[str, str, Emulator, 
 
 
 Check = Callable[[Any], None]
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("POST", "/v1/completions", {"model": "llama3:8b", "prompt": "hi", "stream": True}),
+    ("POST", "/v1/completions", {"model": "llama3:8b", "prompt": "hi"}),
+    ("POST", "/v1/embeddings", {"model": "nomic-embed-text", "input": ["a", "b"]}),
+    ("GET", "/v1/models", None),
+    ("GET", "/v1/models/llama3:8b", None),
+    ("GET", "/v1/models/missing", None),
+])
+async def test_other_openai_routes_match_direct(twins: tuple[str, str, Emulator, Emulator], method: str, path: str,
+                                                body: Any) -> None:
+    direct_url, proxy_url, direct_emu, proxied_emu = twins
+    direct_emu.frozen_time = proxied_emu.frozen_time = 1_790_000_000.0
+    results = []
+    async with aiohttp.ClientSession() as session:
+        for url in (direct_url, proxy_url):
+            async with session.request(method, url + path, json=body) as resp:
+                results.append((resp.status, resp.headers["Content-Type"], await resp.read()))
+    assert results[1] == results[0]
+    status, content_type, raw = results[1]
+    if content_type.startswith("text/event-stream"):
+        assert raw.endswith(b"data: [DONE]\n\n")
+    elif status == 200:
+        assert json.loads(raw)
+    else:
+        assert json.loads(raw)["error"]["type"] == "not_found_error"

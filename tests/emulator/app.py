@@ -243,6 +243,11 @@ class Emulator:
         if path == "/v1/models" and method == "GET":
             return json_response({"object": "list", "data": [
                 {"id": m.name, "object": "model", "created": 0, "owned_by": "library"} for m in self.models.values()]})
+        if path.startswith("/v1/models/") and method == "GET":
+            name = path.removeprefix("/v1/models/")
+            if normalize_name(name) not in self.models:
+                return openai_error(f"model '{name}' not found", 404)
+            return json_response({"id": name, "object": "model", "created": 0, "owned_by": "library"})
         handlers: dict[tuple[str, str], Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]] = {
             ("POST", "/api/generate"): self._generate,
             ("POST", "/api/chat"): self._chat,
@@ -255,6 +260,8 @@ class Emulator:
             ("POST", "/api/copy"): self._copy,
             ("DELETE", "/api/delete"): self._delete,
             ("POST", "/v1/chat/completions"): self._openai_chat,
+            ("POST", "/v1/completions"): self._openai_completion,
+            ("POST", "/v1/embeddings"): self._openai_embeddings,
         }
         handler = handlers.get((method, path))
         if handler is None:
@@ -648,6 +655,50 @@ class Emulator:
                                       error_line=lambda m: b"data: " + dumps({"error": {"message": m, "type": "api_error", "param": None, "code": None}}) + b"\n\n")
         finally:
             self._finish(runner)
+
+
+    async def _openai_completion(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        prepared = await self._prepare_run({"model": body.get("model")}, openai=True)
+        if isinstance(prepared, web.Response):
+            return prepared
+        model, _, _ = prepared
+        ran = await self._run(model, {}, None, openai=True)
+        if isinstance(ran, web.Response):
+            return ran
+        runner, _ = ran
+        base = {"id": f"cmpl-{len(self.requests)}", "object": "text_completion",
+                "created": int(self.frozen_time if self.frozen_time is not None else time.time()),
+                "model": body["model"], "system_fingerprint": "fp_ollama"}
+        try:
+            if not body.get("stream"):
+                return json_response({**base, "choices": [
+                    {"text": "".join(self.tokens), "index": 0, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": len(self.tokens), "total_tokens": 7 + len(self.tokens)}})
+            events = [b"data: " + dumps({**base, "choices": [{"text": t, "index": 0, "finish_reason": None}]}) + b"\n\n"
+                      for t in self.tokens]
+            events.append(b"data: " + dumps({**base, "choices": [{"text": "", "index": 0, "finish_reason": "stop"}]}) + b"\n\n")
+            events.append(b"data: [DONE]\n\n")
+            return await self._stream(request, events, SSE_TYPE)
+        finally:
+            self._finish(runner)
+
+    async def _openai_embeddings(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        prepared = await self._prepare_run({"model": body.get("model")}, openai=True)
+        if isinstance(prepared, web.Response):
+            return prepared
+        model, _, _ = prepared
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        if not texts:
+            return openai_error("invalid input", 400)
+        ran = await self._run(model, {}, None, openai=True)
+        if isinstance(ran, web.Response):
+            return ran
+        runner, _ = ran
+        self._finish(runner)
+        return json_response({"object": "list", "data": [
+            {"object": "embedding", "embedding": _embedding(t), "index": i} for i, t in enumerate(texts)],
+            "model": body["model"], "usage": {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)}})
 
 
 def _empty_reply(chat: bool) -> dict[str, Any]:
