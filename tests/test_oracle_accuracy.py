@@ -16,6 +16,7 @@ import pytest
 from proxy.footprint import RunConfig, description_from_show, estimate
 from tests.oracle.compare import COMPONENTS, compare_model, gguf_description
 from tests.oracle.fixtures import oracle  # noqa: F401  (session fixture: builds llama.cpp when missing)
+from tests.oracle.measure import measure
 from tests.oracle.models import ARCHITECTURES, SIZES, UNKNOWN_ARCHITECTURES, build
 from tests.oracle.show import show_response
 
@@ -45,8 +46,20 @@ def test_estimate_matches_llama_cpp(oracle, model):
         )
 
 
-@pytest.mark.parametrize("verbose", [True, False], ids=["verbose", "plain"])
-@pytest.mark.parametrize("model", MODELS, ids=_ids)
+def _needs_verbose(spec) -> bool:
+    """A per-layer array that Ollama nulls without verbose and the tensor list cannot recover."""
+    return any(isinstance(v, list) and k.endswith("sliding_window_pattern") for k, v in spec.kv)
+
+
+SHOW_CASES = [
+    pytest.param(m, verbose, id=f"{_ids(m)}-{'verbose' if verbose else 'plain'}")
+    for m in MODELS
+    for verbose in (True, False)
+    if verbose or not _needs_verbose(build(*m)[0])  # plain: see the errs-high test below
+]
+
+
+@pytest.mark.parametrize(("model", "verbose"), SHOW_CASES)
 def test_show_and_gguf_describe_the_same_model(model, verbose):
     """/api/show JSON (as Ollama serialises it) and the GGUF file give the same description.
 
@@ -66,6 +79,26 @@ def test_show_and_gguf_describe_the_same_model(model, verbose):
     assert from_show.tensors == from_gguf.tensors
     run = RunConfig(num_ctx=4096, parallel=2, flash_attention=False)
     assert estimate(from_show, run) == estimate(from_gguf, run)
+
+
+@pytest.mark.parametrize("model", [m for m in MODELS if _needs_verbose(build(*m)[0])], ids=_ids)
+def test_show_without_verbose_errs_high_when_layers_are_unknowable(oracle, model):
+    """A GGUF-level sliding_window_pattern array comes back null from a plain /api/show.
+
+    Nothing else tells which layers slide, so the estimate from the plain response may differ from
+    the file's, but only upwards (never below what llama.cpp allocates), and it must say that
+    `verbose` would make it exact.
+    """
+    arch, size = model
+    spec, path = build(arch, size)
+    from_show = description_from_show(show_response(path, verbose=False), name="m")
+    for ctx, par, fa in [(4096, 1, True), (32768, 2, False)]:
+        run = RunConfig(num_ctx=ctx, parallel=par, flash_attention=fa)
+        fp = estimate(from_show, run)
+        m = measure(path, ctx, par, flash_attention=fa, oracle=oracle)
+        assert fp.kv_bytes >= m.context_bytes, (ctx, par, fa, fp.kv_bytes, m.context_bytes)
+        assert fp.weights_bytes + fp.kv_bytes + fp.compute_bytes >= m.total_bytes
+        assert any("verbose" in note for note in fp.notes), fp.notes
 
 
 @pytest.mark.parametrize("model", [(a, s) for a in UNKNOWN_ARCHITECTURES for s in SIZES], ids=_ids)

@@ -336,8 +336,12 @@ def qwen3moe(size: str) -> ModelSpec:
     return b.spec(f"qwen3moe-{size}", n_vocab, n_ctx)
 
 
-def gemma3(size: str) -> ModelSpec:
-    """Gemma3-12B-like: sliding window 1024 on 5 of every 6 layers, head_dim 256, tied embeddings."""
+def gemma3(size: str, swa_array: bool = False) -> ModelSpec:
+    """Gemma3-12B-like: sliding window 1024 on 5 of every 6 layers, head_dim 256, tied embeddings.
+
+    swa_array: the GGUF carries sliding_window_pattern as a per-layer bool array (as the current
+    converter writes it for newer models), here 3 of every 4 layers, not the architecture's default.
+    """
     real = size == "real"
     if real:
         n_embd, n_layer, n_ff, n_head, n_kv, head, n_vocab, swa = 3840, 48, 15360, 16, 8, 256, 262144, 1024
@@ -347,6 +351,8 @@ def gemma3(size: str) -> ModelSpec:
     b = _Builder("gemma3", sparse=real)
     _common(b, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=n_kv, head_dim=head)
     b.key("attention.sliding_window", swa)
+    if swa_array:
+        b.key("attention.sliding_window_pattern", [il % 4 < 3 for il in range(n_layer)])
     b.key("rope.freq_base", 1000000.0)
     _embed_and_output(b, n_embd, n_vocab, tied=True)
     for i in range(n_layer):
@@ -359,7 +365,7 @@ def gemma3(size: str) -> ModelSpec:
         b.weight(p + "ffn_norm.weight", n_embd)
         _ffn(b, i, n_embd, n_ff)
         b.weight(p + "post_ffw_norm.weight", n_embd)
-    return b.spec(f"gemma3-{size}", n_vocab, n_ctx)
+    return b.spec(f"gemma3{'-swa-array' if swa_array else ''}-{size}", n_vocab, n_ctx)
 
 
 def gpt_oss(size: str) -> ModelSpec:
@@ -616,6 +622,7 @@ ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {
     "qwen3moe": qwen3moe,
     "mixtral": mixtral,
     "gemma3": gemma3,
+    "gemma3-swa-array": lambda size: gemma3(size, swa_array=True),
     "gpt-oss": gpt_oss,
     "phi3": phi3,
     "deepseek2": deepseek2,
