@@ -22,7 +22,7 @@ from proxy.access_log import AccessLog
 from proxy.admission import Admission, AdmissionRequest, Forward, Respond
 from proxy.errors import error_response, stream_error_line
 from proxy.headers import request_header_lines, response_headers
-from proxy.upstream import UpstreamBodyError, UpstreamPool, UpstreamResponse, UpstreamUnreachable
+from proxy.upstream import UpstreamBodyError, UpstreamNoAnswer, UpstreamPool, UpstreamResponse, UpstreamUnreachable
 
 MAX_INSPECTED_BODY = 256 * 1024**2
 DONE_MARK = b'"done":true'
@@ -115,6 +115,12 @@ class Relay:
         on_response = forward.on_response if forward is not None else None
         try:
             upstream = await self._pool.request(method, request.raw_path.encode(), lines, body, chunked=chunked)
+        except UpstreamNoAnswer as exc:
+            if on_response is not None:
+                on_response(0)
+            return self._answer(request, error_response(
+                path, f"vramgate got no answer from the upstream Ollama at {self.upstream}: {exc}", 504),
+                started, "upstream_timeout")
         except UpstreamUnreachable as exc:
             if on_response is not None:
                 on_response(0)

@@ -30,6 +30,10 @@ class UpstreamUnreachable(Exception):
     """No response could be had: refused, unreachable, timed out, or closed before answering."""
 
 
+class UpstreamNoAnswer(UpstreamUnreachable):
+    """Connected and sent, but no response headers within read_timeout."""
+
+
 class UpstreamBodyError(Exception):
     """The upstream went away (or broke the framing) in the middle of a response body."""
 
@@ -372,12 +376,12 @@ class UpstreamPool:
                     try:
                         return await asyncio.wait_for(asyncio.shield(waiter), self.read_timeout)
                     except TimeoutError:
-                        raise UpstreamUnreachable(f"no answer within {self.read_timeout:g} s") from None
+                        raise UpstreamNoAnswer(f"no answer within {self.read_timeout:g} s") from None
                 return await waiter
-            except UpstreamUnreachable:
+            except UpstreamUnreachable as exc:
                 conn.release(reusable=False)
                 # a kept-alive connection the upstream had just closed: try once on a fresh one
-                if attempt == 0 and reused and replayable and not conn.got_bytes:
+                if attempt == 0 and reused and replayable and not conn.got_bytes and not isinstance(exc, UpstreamNoAnswer):
                     continue
                 raise
             except BaseException:
