@@ -97,9 +97,17 @@ def describe(
     swa: tuple[bool, ...] = (False,) * n_layer
     pattern_value = key("attention.sliding_window_pattern")
     rule = archs.SWA_RULES.get(arch)
+    pattern_key = f"{prefix}.attention.sliding_window_pattern"
     if isinstance(pattern_value, (list, tuple)) and pattern_value:
         swa = tuple(bool(v) for v in pattern_value)[:n_layer]
         swa = swa + (False,) * (n_layer - len(swa))
+    elif pattern_key in metadata and pattern_value is None:
+        # a per-layer array that /api/show without verbose turns into null: which layers slide is
+        # unknowable, so every layer is sized with the full context (never below llama.cpp)
+        notes.append(
+            "sliding_window_pattern is null in this /api/show answer: every layer sized with the "
+            "full context; ask /api/show with verbose for the exact sliding-window sizes"
+        )
     elif rule is not None and not (rule.needs_window_key and window <= 0):
         if arch == "llama4" and key("attention.sliding_window") is not None and window == 0:
             pass  # llama4 without chunked attention
