@@ -59,6 +59,9 @@ def test_vramgate_is_published_on_11434_and_points_at_ollama(compose: dict[str, 
     assert host in services  # the upstream is the compose service, on the port Ollama listens on
     assert parse_listen(env["VRAMGATE_LISTEN"]) == ("0.0.0.0", 11434)
     assert "ollama" in (gate.get("depends_on") or [])
+    # vramgate reads free GPU memory through NVML, so it must see the same GPUs
+    devices = gate["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and d.get("count") == "all" for d in devices)
     # both read the same server settings
     for name, value in _env(services["ollama"]).items():
         if name.startswith("OLLAMA_") and name != "OLLAMA_HOST":
