@@ -55,6 +55,7 @@ class ModelSpec:
     embedding: bool = False  # an embedding model (llama-server started with --embeddings)
     n_ctx_train: int = 0
     notes: tuple[str, ...] = field(default=())
+    skipped_prefixes: tuple[str, ...] = ()  # tensors llama.cpp does not load (MTP blocks)
 
     def key(self) -> str:
         blob = json.dumps(
@@ -67,6 +68,11 @@ class ModelSpec:
     @property
     def weights_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def loaded_weights_bytes(self) -> int:
+        """What llama.cpp loads: every tensor except skipped (MTP) blocks."""
+        return sum(t.nbytes for t in self.tensors if not t.name.startswith(self.skipped_prefixes))
 
 
 # --------------------------------------------------------------------------- writing
@@ -190,9 +196,10 @@ class _Builder:
         """The higher-precision type a K-quant mix uses for output / attn_v / ffn_down."""
         return Q6_K if self.sparse else None
 
-    def spec(self, name: str, n_vocab: int, n_ctx_train: int, embedding: bool = False, notes=()) -> ModelSpec:
+    def spec(self, name: str, n_vocab: int, n_ctx_train: int, embedding: bool = False, notes=(),
+             skipped_prefixes=()) -> ModelSpec:
         return ModelSpec(name, self.arch, tuple(self.kv), tuple(self.tensors), n_vocab, self.sparse,
-                         embedding, n_ctx_train, tuple(notes))
+                         embedding, n_ctx_train, tuple(notes), tuple(skipped_prefixes))
 
 
 def _common(b: _Builder, *, n_ctx: int, n_embd: int, n_layer: int, n_ff: int, n_head: int,
@@ -591,6 +598,70 @@ def granitehybrid(size: str) -> ModelSpec:
     return b.spec(f"granitehybrid-{size}", n_vocab, n_ctx)
 
 
+def qwen35(size: str) -> ModelSpec:
+    """Qwen3.5-like hybrid: gated-delta-net linear attention on 3 of 4 layers, gated GQA on the
+    rest, plus one MTP (NextN) block that llama.cpp skips unless speculative MTP decoding is asked
+    for (Ollama does not). Real-scale shapes are approximate (a ~9B dense variant)."""
+    real = size == "real"
+    if real:
+        n_embd, n_trunk, n_ff, n_head, n_kv, head, n_vocab = 4096, 32, 12288, 16, 4, 256, 248320
+        d_state, n_group, dt_rank, d_conv = 128, 16, 32, 4
+    else:
+        n_embd, n_trunk, n_ff, n_head, n_kv, head, n_vocab = 256, 4, 512, 4, 2, 64, 259
+        d_state, n_group, dt_rank, d_conv = 32, 2, 4, 4
+    n_nextn = 1
+    n_layer = n_trunk + n_nextn
+    key_dim, value_dim = d_state * n_group, d_state * dt_rank
+    n_ctx = 262144 if real else 32768
+    b = _Builder("qwen35", sparse=real)
+    _common(b, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=n_kv, head_dim=head)
+    b.key("rope.dimension_count", 64)
+    b.key("rope.dimension_sections", [11, 11, 10, 0])
+    b.key("rope.freq_base", 10000000.0)
+    b.key("ssm.conv_kernel", d_conv)
+    b.key("ssm.inner_size", value_dim)
+    b.key("ssm.state_size", d_state)
+    b.key("ssm.time_step_rank", dt_rank)
+    b.key("ssm.group_count", n_group)
+    b.key("full_attention_interval", 4)
+    b.key("nextn_predict_layers", n_nextn)
+    _embed_and_output(b, n_embd, n_vocab, tied=False)
+
+    def attention(i: int) -> None:
+        p = f"blk.{i}."
+        b.weight(p + "attn_q.weight", n_embd, 2 * n_head * head)  # query and its gate
+        b.weight(p + "attn_k.weight", n_embd, n_kv * head)
+        b.weight(p + "attn_v.weight", n_embd, n_kv * head, qtype=b.hi())
+        b.weight(p + "attn_output.weight", n_head * head, n_embd)
+        b.weight(p + "attn_q_norm.weight", head)
+        b.weight(p + "attn_k_norm.weight", head)
+
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        b.weight(p + "attn_norm.weight", n_embd)
+        b.weight(p + "post_attention_norm.weight", n_embd)
+        if i >= n_trunk:  # the MTP block: a full-attention decoder block plus NextN projections
+            attention(i)
+            b.weight(p + "nextn.eh_proj.weight", 2 * n_embd, n_embd)
+            b.weight(p + "nextn.enorm.weight", n_embd)
+            b.weight(p + "nextn.hnorm.weight", n_embd)
+            b.weight(p + "nextn.shared_head_norm.weight", n_embd)
+        elif (i + 1) % 4 == 0:
+            attention(i)
+        else:
+            b.weight(p + "attn_qkv.weight", n_embd, 2 * key_dim + value_dim)
+            b.weight(p + "attn_gate.weight", n_embd, value_dim)
+            b.weight(p + "ssm_conv1d.weight", d_conv, 2 * key_dim + value_dim, qtype=F32)
+            b.weight(p + "ssm_dt.bias", dt_rank)
+            b.weight(p + "ssm_a", dt_rank)
+            b.weight(p + "ssm_beta.weight", n_embd, dt_rank, qtype=F32 if not real else None)
+            b.weight(p + "ssm_alpha.weight", n_embd, dt_rank, qtype=F32 if not real else None)
+            b.weight(p + "ssm_norm.weight", d_state)
+            b.weight(p + "ssm_out.weight", value_dim, n_embd)
+        _ffn(b, i, n_embd, n_ff)
+    return b.spec(f"qwen35-{size}", n_vocab, n_ctx, skipped_prefixes=tuple(f"blk.{i}." for i in range(n_trunk, n_layer)))
+
+
 def maincoder(size: str) -> ModelSpec:
     """An architecture llama.cpp loads but the estimator does not model (qwen3-8B-like shapes).
 
@@ -629,6 +700,7 @@ ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {
     "bert": bert,
     "lfm2": lfm2,
     "granitehybrid": granitehybrid,
+    "qwen35": qwen35,
 }
 #: Loaded by llama.cpp, not modelled by the estimator: it must flag them and err high.
 UNKNOWN_ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {"maincoder": maincoder}
