@@ -127,3 +127,21 @@ async def test_two_gib_blob_upload_streams_in_flat_memory(emulator: Emulator, pr
     growth_mib = (peak - baseline) / 1024
     print(f"proxy RSS {baseline / 1024:.0f} MiB before, peak {peak / 1024:.0f} MiB during a 2 GiB upload")
     assert growth_mib < 64, f"proxy RSS grew by {growth_mib:.0f} MiB during a 2 GiB upload"
+
+
+async def test_a_busy_listen_address_is_one_error_line_and_exit_1(emulator_url: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("VRAMGATE_", "OLLAMA_"))}
+        clean.update(VRAMGATE_LOG_FORMAT="json", VRAMGATE_GPU="none", VRAMGATE_ON_NO_GPU="allow")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "serve", "--upstream", emulator_url, "--listen", f"127.0.0.1:{port}",
+            cwd=REPO, env=clean, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 1
+    errors = [json.loads(line) for line in out.splitlines() if json.loads(line).get("event") == "cannot listen"]
+    assert len(errors) == 1 and errors[0]["listen"] == f"127.0.0.1:{port}" and "address" in errors[0]["error"].lower()
