@@ -22,6 +22,7 @@ from proxy.access_log import AccessLog
 from proxy.admission import Admission, AdmissionRequest, Forward, Respond
 from proxy.errors import error_response, stream_error_line
 from proxy.headers import request_header_lines, response_headers
+from proxy.logging_setup import get_logger
 from proxy.upstream import UpstreamBodyError, UpstreamNoAnswer, UpstreamPool, UpstreamResponse, UpstreamUnreachable
 
 MAX_INSPECTED_BODY = 256 * 1024**2
@@ -29,6 +30,7 @@ DONE_MARK = b'"done":true'
 NDJSON = b"application/x-ndjson"
 _STREAMED_TYPES = (b"application/x-ndjson", b"text/event-stream")
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+_log = get_logger("vramgate.relay")
 
 
 class RelayResponse(web.StreamResponse):
@@ -87,8 +89,14 @@ class Relay:
                 return self._answer(request, error_response(
                     path, f"request body too large for vramgate to inspect (limit {limit_mib} MiB)", 413),
                     started, "too_large")
-            decision = await self._admission.admit(
-                AdmissionRequest(method, path, request.headers, inspected, request.remote or ""))
+            try:
+                decision = await self._admission.admit(
+                    AdmissionRequest(method, path, request.headers, inspected, request.remote or ""))
+            except Exception as exc:  # a bug in the gate must not look like a crash to the client
+                _log.exception("admission.failed", method=method, path=path)
+                return self._answer(request, error_response(
+                    path, f"vramgate could not decide on this request: {type(exc).__name__}: {exc}", 500),
+                    started, "admission_failed")
             if isinstance(decision, Respond):
                 answer = web.Response(status=decision.status, body=decision.body, headers=dict(decision.headers))
                 return self._answer(request, answer, started, "answered")

@@ -19,7 +19,7 @@ from tests.emulator import Emulator
 class Scripted:
     """An admission that inspects generate and does what the test scripted."""
 
-    decide: str = "forward"  # forward | respond | rewrite
+    decide: str = "forward"  # forward | respond | rewrite | crash
     seen: list[AdmissionRequest] = field(default_factory=list)
     responses: list[int] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
@@ -29,6 +29,8 @@ class Scripted:
 
     async def admit(self, request: AdmissionRequest) -> Forward | Respond:
         self.seen.append(request)
+        if self.decide == "crash":
+            raise KeyError("num_ctx")
         if self.decide == "respond":
             return Respond(507, b'{"error":"model does not fit in GPU memory"}')
         body = request.body
@@ -114,3 +116,12 @@ async def test_oversized_inspected_body_gets_413(emulator: Emulator, start_proxy
             assert resp.status == 413
             assert (await resp.json())["error"]["type"] == "invalid_request_error"
     assert gate.seen == [] and emulator.received(path="/api/generate") == []
+
+
+async def test_a_failing_admission_answers_500_in_ollama_shape(emulator: Emulator, start_proxy: StartProxy) -> None:
+    url = await start_proxy(admission=Scripted(decide="crash"))
+    with pytest.raises(ollama.ResponseError) as raised:
+        await ollama.AsyncClient(host=url).generate(model="llama3:8b", prompt="hi")
+    assert raised.value.status_code == 500
+    assert raised.value.error.startswith("vramgate could not decide on this request: KeyError")
+    assert emulator.received(path="/api/generate") == []
