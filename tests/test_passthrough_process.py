@@ -145,3 +145,23 @@ async def test_a_busy_listen_address_is_one_error_line_and_exit_1(emulator_url: 
     assert proc.returncode == 1
     errors = [json.loads(line) for line in out.splitlines() if json.loads(line).get("event") == "cannot listen"]
     assert len(errors) == 1 and errors[0]["listen"] == f"127.0.0.1:{port}" and "address" in errors[0]["error"].lower()
+
+
+async def test_sigterm_drain_is_bounded_by_shutdown_grace(emulator: Emulator, emulator_url: str) -> None:
+    running = await start_process(emulator_url, VRAMGATE_SHUTDOWN_GRACE="0.5")
+    try:
+        emulator.inject(Fault("/api/push", "hang", after=1))  # a stream that would never end
+        async with aiohttp.ClientSession() as session:
+            async with session.post(running.url + "/api/push", json={"model": "llama3:8b"}) as resp:
+                await resp.content.readline()
+                stopped_at = asyncio.get_running_loop().time()
+                running.proc.send_signal(signal.SIGTERM)
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()  # cut off when the grace period ends
+        assert await asyncio.wait_for(running.proc.wait(), timeout=10) == 0
+        assert asyncio.get_running_loop().time() - stopped_at < 5
+        assert await emulator.wait_for(lambda: bool(emulator.disconnects), timeout=1.0)  # upstream closed too
+    finally:
+        if running.proc.returncode is None:
+            running.proc.kill()
+            await running.proc.wait()
