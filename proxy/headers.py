@@ -37,23 +37,34 @@ def _connection_tokens(raw: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, 
 def request_header_lines(raw: tuple[tuple[bytes, bytes], ...], *, body_replaced: bool = False) -> list[bytes]:
     """``b"Name: value\\r\\n"`` lines to send upstream; without Content-Length when the body is replaced."""
     drop = _BODY_DROP if body_replaced else _REQUEST_DROP
-    named = _connection_tokens(raw)
-    if named:
-        drop = drop | named
-    return [name + b": " + value + b"\r\n" for name, value in raw if name.lower() not in drop]
+    lines = []
+    named = False
+    for name, value in raw:
+        lower = name.lower()
+        if lower in drop:
+            named = named or lower == b"connection"
+        else:
+            lines.append(name + b": " + value + b"\r\n")
+    if named:  # rare: headers named in Connection are hop-by-hop too
+        extra = _connection_tokens(raw)
+        lines = [line for line in lines if line.split(b":", 1)[0].lower() not in extra]
+    return lines
 
 
 def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[CIMultiDict[str], bytes]:
     """End-to-end response headers for the client, and the Content-Type (lower-case bytes, b"" if none)."""
-    named = _connection_tokens(raw)
-    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
-    out: CIMultiDict[str] = CIMultiDict()
+    kept = []
     content_type = b""
+    named = False
     for name, value in raw:
         lower = name.lower()
-        if lower in drop:
+        if lower in HOP_BY_HOP:
+            named = named or lower == b"connection"
             continue
         if lower == _CONTENT_TYPE:
             content_type = value.lower()
-        out.add(name.decode("latin-1"), value.decode("latin-1"))
-    return out, content_type
+        kept.append((name.decode("latin-1"), value.decode("latin-1")))
+    if named:
+        extra = _connection_tokens(raw)
+        kept = [(k, v) for k, v in kept if k.lower().encode("latin-1") not in extra]
+    return CIMultiDict(kept), content_type

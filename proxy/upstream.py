@@ -154,6 +154,8 @@ class _Connection(asyncio.Protocol):
         self.head_request = False
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._length: int | None = None
+        self._chunked = False
         self._headers_waiter: asyncio.Future[UpstreamResponse] | None = None
         self.response: UpstreamResponse | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -216,32 +218,32 @@ class _Connection(asyncio.Protocol):
                 self.transport.abort()
         self._headers = []
         self._reason = b""
+        self._length: int | None = None
+        self._chunked = False
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        if len(name) in (14, 17):  # the two framing headers, checked without lower-casing every name
+            lower = name.lower()
+            if lower == b"content-length":
+                try:
+                    self._length = int(value)
+                except ValueError:
+                    self._length = None
+            elif lower == b"transfer-encoding" and b"chunked" in value.lower():
+                self._chunked = True
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         status = parser.get_status_code()
         if 100 <= status < 200:
             return  # interim answer; the real one follows
-        chunked = False
-        length: int | None = None
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
-            elif lower == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = None
         self.keep_alive = parser.should_keep_alive()
-        response = UpstreamResponse(self, status, self._reason.decode("latin-1"), self._headers, chunked, length,
-                                    self.pool.read_timeout)
+        response = UpstreamResponse(self, status, self._reason.decode("latin-1"), self._headers, self._chunked,
+                                    self._length, self.pool.read_timeout)
         self.response = response
         waiter = self._headers_waiter
         if waiter is not None and not waiter.done():
