@@ -15,12 +15,12 @@ import pytest
 
 from proxy.footprint import RunConfig, description_from_show, estimate
 from tests.oracle.compare import COMPONENTS, compare_model, gguf_description
-from tests.oracle.fixtures import oracle  # noqa: F401  (session fixture: builds llama.cpp when missing)
 from tests.oracle.measure import measure
 from tests.oracle.models import ARCHITECTURES, SIZES, UNKNOWN_ARCHITECTURES, build
 from tests.oracle.show import show_response
 
 pytestmark = pytest.mark.oracle
+pytest_plugins = ["tests.oracle.fixtures"]  # the session `oracle` fixture: builds llama.cpp when missing
 
 MODELS = [(arch, size) for arch in ARCHITECTURES for size in SIZES]
 
@@ -90,7 +90,7 @@ def test_show_without_verbose_errs_high_when_layers_are_unknowable(oracle, model
     `verbose` would make it exact.
     """
     arch, size = model
-    spec, path = build(arch, size)
+    _, path = build(arch, size)
     from_show = description_from_show(show_response(path, verbose=False), name="m")
     for ctx, par, fa in [(4096, 1, True), (32768, 2, False)]:
         run = RunConfig(num_ctx=ctx, parallel=par, flash_attention=fa)

@@ -9,11 +9,17 @@ import dataclasses
 
 import pytest
 
-from tests.oracle.fixtures import oracle  # noqa: F401  (session fixture: builds llama.cpp when missing)
-from tests.oracle.measure import OracleError, fit_print, measure, measure_args, server_args
+from tests.oracle.measure import (
+    OracleError,
+    fit_print,
+    measure,
+    measure_args,
+    server_args,
+)
 from tests.oracle.models import ARCHITECTURES, build, model_path
 
 pytestmark = pytest.mark.oracle
+pytest_plugins = ["tests.oracle.fixtures"]  # the session `oracle` fixture: builds llama.cpp when missing
 MiB = 1024 * 1024
 
 
@@ -104,6 +110,6 @@ def test_no_alloc_numbers_are_what_llama_cpp_really_allocates(oracle):
 
 def test_output_buffer_is_logged_even_without_allocation(oracle):
     """llama-server reserves one row of logits per sequence: n_vocab x parallel x 4 bytes."""
-    spec, path = build("llama", "real")  # 128256-token vocabulary
+    _, path = build("llama", "real")  # 128256-token vocabulary
     m = measure(path, 2048, 4, flash_attention=True, oracle=oracle)
     assert m.output_mib == pytest.approx(128256 * 4 * 4 / MiB, abs=0.006)

@@ -22,10 +22,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"

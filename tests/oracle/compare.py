@@ -224,4 +224,4 @@ def worst(rows: list[Row]) -> dict[str, Row]:
     return out
 
 
-__all__ = ["Case", "COMPONENTS", "OracleError", "Row", "TOLERANCES", "compare_model", "grid", "worst"]
+__all__ = ["COMPONENTS", "TOLERANCES", "Case", "OracleError", "Row", "compare_model", "grid", "worst"]

@@ -197,7 +197,7 @@ def run_probe(
     env = dict(os.environ, VRAMGATE_PROBE_ALLOC="1" if real_alloc else "0")
     proc = subprocess.run(
         [str(oracle.probe), "-m", str(path), *args],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True, text=True, timeout=300, env=env, check=False,
     )
     return proc.stdout, proc.stderr, proc.returncode
 
