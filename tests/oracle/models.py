@@ -204,7 +204,7 @@ class _Builder:
                          embedding, n_ctx_train, tuple(notes), tuple(skipped_prefixes))
 
 
-def _common(b: _Builder, *, n_ctx: int, n_embd: int, n_layer: int, n_ff: int, n_head: int,
+def _common(b: _Builder, *, n_ctx: int, n_embd: int, n_layer: int, n_ff: int | list[int], n_head: int,
             n_head_kv: int | list[int], head_dim: int | None = None, rms: bool = True) -> None:
     b.key("general.name", "vramgate synthetic")  # not "phi3": that name makes llama.cpp expect <|endoftext|>
     b.key("context_length", n_ctx)
@@ -664,6 +664,54 @@ def qwen35(size: str) -> ModelSpec:
     return b.spec(f"qwen35-{size}", n_vocab, n_ctx, skipped_prefixes=tuple(f"blk.{i}." for i in range(n_trunk, n_layer)))
 
 
+def nemotron_h(size: str) -> ModelSpec:
+    """Nemotron-H-8B-like hybrid with three layer kinds, told apart by per-layer arrays:
+    Mamba2 (head_count_kv 0, feed_forward_length 0), attention (kv > 0, ff 0), MLP (kv 0, ff > 0)."""
+    real = size == "real"
+    if real:
+        n_embd, n_layer, n_ff, n_head, n_kv, n_vocab = 4096, 52, 21504, 32, 8, 131072
+        d_inner, d_state, n_group, n_ssm_head = 8192, 128, 8, 128
+        kinds = ["A" if i % 13 == 7 else ("F" if i % 2 else "M") for i in range(n_layer)]
+    else:
+        n_embd, n_layer, n_ff, n_head, n_kv, n_vocab = 256, 5, 512, 4, 2, 259
+        d_inner, d_state, n_group, n_ssm_head = 512, 16, 2, 8
+        kinds = ["M", "A", "F", "M", "F"]
+    d_conv = 4
+    n_ctx = 131072 if real else 32768
+    head = n_embd // n_head
+    kv = [n_kv if k == "A" else 0 for k in kinds]
+    ff = [n_ff if k == "F" else 0 for k in kinds]
+    b = _Builder("nemotron_h", sparse=real)
+    _common(b, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_ff=ff, n_head=n_head, n_head_kv=kv, rms=False)
+    b.key("attention.layer_norm_rms_epsilon", 1e-5)
+    b.key("ssm.conv_kernel", d_conv)
+    b.key("ssm.inner_size", d_inner)
+    b.key("ssm.state_size", d_state)
+    b.key("ssm.time_step_rank", n_ssm_head)
+    b.key("ssm.group_count", n_group)
+    b.key("rope.freq_base", 10000.0)
+    _embed_and_output(b, n_embd, n_vocab, tied=False)
+    conv_dim = d_inner + 2 * n_group * d_state
+    for i, kind in enumerate(kinds):
+        p = f"blk.{i}."
+        b.weight(p + "attn_norm.weight", n_embd)
+        if kind == "M":
+            b.weight(p + "ssm_in.weight", n_embd, 2 * d_inner + 2 * n_group * d_state + n_ssm_head)
+            b.weight(p + "ssm_conv1d.weight", d_conv, conv_dim, qtype=F32)
+            b.weight(p + "ssm_conv1d.bias", conv_dim)
+            b.weight(p + "ssm_dt.bias", n_ssm_head)
+            b.weight(p + "ssm_a", 1, n_ssm_head, qtype=F32)
+            b.weight(p + "ssm_d", 1, n_ssm_head, qtype=F32)
+            b.weight(p + "ssm_norm.weight", d_inner // n_group, n_group, qtype=F32)
+            b.weight(p + "ssm_out.weight", d_inner, n_embd)
+        elif kind == "A":
+            _attn_qkvo(b, i, n_embd, n_head * head, n_kv * head)
+        else:
+            b.weight(p + "ffn_up.weight", n_embd, n_ff)
+            b.weight(p + "ffn_down.weight", n_ff, n_embd, qtype=b.hi())
+    return b.spec(f"nemotron_h-{size}", n_vocab, n_ctx)
+
+
 def maincoder(size: str) -> ModelSpec:
     """An architecture llama.cpp loads but the estimator does not model (qwen3-8B-like shapes).
 
@@ -703,6 +751,7 @@ ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {
     "lfm2": lfm2,
     "granitehybrid": granitehybrid,
     "qwen35": qwen35,
+    "nemotron_h": nemotron_h,
 }
 #: Loaded by llama.cpp, not modelled by the estimator: it must flag them and err high.
 UNKNOWN_ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {"maincoder": maincoder}
