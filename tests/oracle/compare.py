@@ -100,6 +100,12 @@ KV_REAL = [("f16", "f16", False), ("f16", "f16", True), ("q8_0", "q8_0", True), 
 def grid(spec: ModelSpec) -> list[Case]:
     """The configurations compared for a model: all of them for small models, a subset at scale."""
     train = spec.n_ctx_train
+    if spec.embedding:
+        # Ollama loads embedding models with parallel 1 (and llama.cpp aborts in graph reserve with
+        # --embeddings when the slot count does not divide the ubatch, e.g. -np 3 -ub 512)
+        return [Case(ctx, 1, "f16", "f16", fa, batch)
+                for ctx in (256, 512, 2048, 8192) if ctx <= train
+                for fa in (False, True) for batch in (512, 2048)]
     kv_small = KV_SMALL
     if spec.arch == "deepseek2":  # MLA: "model does not support different K and V cache types"
         kv_small = [kv for kv in KV_SMALL if kv[0] == kv[1]]
@@ -134,12 +140,6 @@ def grid(spec: ModelSpec) -> list[Case]:
         for ctx in (4096, 32768):
             for par in (1, 2):
                 cases.append(Case(ctx, par, "f16", "f16", True, 512, swa_full=True))
-    if not cases:  # short-context models (BERT, 512): the trained context itself
-        for par in (1, 2, 4):
-            for fa in (False, True):
-                for batch in (512, 2048):
-                    cases.append(Case(min(256, train), par, "f16", "f16", fa, batch))
-                    cases.append(Case(train, par, "f16", "f16", fa, batch))
     return cases
 
 

@@ -522,6 +522,35 @@ def bert(size: str) -> ModelSpec:
     return b.spec(f"bert-{size}", n_vocab, n_ctx, embedding=True)
 
 
+def nomic_bert(size: str) -> ModelSpec:
+    """nomic-embed-text-like embedding model: fused QKV, rotary positions, SwiGLU, 2048 context."""
+    real = size == "real"
+    n_embd, n_layer, n_ff, n_head, n_vocab = (768, 12, 3072, 12, 30522) if real else (256, 2, 512, 4, 259)
+    n_ctx = 2048
+    b = _Builder("nomic-bert", sparse=real)
+    _common(b, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=n_head, rms=False)
+    b.key("attention.causal", False)
+    b.key("pooling_type", 1)  # mean
+    b.key("rope.freq_base", 1000.0)
+    b.key("tokenizer.ggml.token_type_count", 2)
+    b.weight("token_embd.weight", n_embd, n_vocab, qtype=F16)
+    b.weight("token_types.weight", n_embd, 2, qtype=F32)
+    b.weight("token_embd_norm.weight", n_embd)
+    b.weight("token_embd_norm.bias", n_embd)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        b.weight(p + "attn_qkv.weight", n_embd, 3 * n_embd, qtype=F16)
+        b.weight(p + "attn_output.weight", n_embd, n_embd, qtype=F16)
+        b.weight(p + "attn_output_norm.weight", n_embd)
+        b.weight(p + "attn_output_norm.bias", n_embd)
+        b.weight(p + "ffn_up.weight", n_embd, n_ff, qtype=F16)
+        b.weight(p + "ffn_gate.weight", n_embd, n_ff, qtype=F16)
+        b.weight(p + "ffn_down.weight", n_ff, n_embd, qtype=F16)
+        b.weight(p + "layer_output_norm.weight", n_embd)
+        b.weight(p + "layer_output_norm.bias", n_embd)
+    return b.spec(f"nomic-bert-{size}", n_vocab, n_ctx, embedding=True)
+
+
 def lfm2(size: str) -> ModelSpec:
     """LFM2-1.2B-like hybrid: short-convolution (recurrent state) layers plus a few GQA layers."""
     real = size == "real"
@@ -748,6 +777,7 @@ ARCHITECTURES: dict[str, Callable[[str], ModelSpec]] = {
     "phi3": phi3,
     "deepseek2": deepseek2,
     "bert": bert,
+    "nomic-bert": nomic_bert,
     "lfm2": lfm2,
     "granitehybrid": granitehybrid,
     "qwen35": qwen35,
