@@ -371,7 +371,10 @@ class UpstreamPool:
             try:
                 if isinstance(body, bytes) or body is None:
                     assert conn.transport is not None
-                    conn.transport.write(head + body if body else head)
+                    if body and len(body) > 65536:
+                        conn.transport.writelines((head, body))  # no copy of a large rewritten body
+                    else:
+                        conn.transport.write(head + body if body else head)
                 else:
                     await self._send_streamed(conn, head, body, chunked)
                 if self.read_timeout:
