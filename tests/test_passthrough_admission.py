@@ -125,3 +125,12 @@ async def test_a_failing_admission_answers_500_in_ollama_shape(emulator: Emulato
     assert raised.value.status_code == 500
     assert raised.value.error.startswith("vramgate could not decide on this request: KeyError")
     assert emulator.received(path="/api/generate") == []
+
+
+async def test_a_large_forwarded_body_arrives_whole(emulator: Emulator, start_proxy: StartProxy) -> None:
+    url = await start_proxy(admission=Scripted(decide="rewrite"))
+    prompt = "long prompt " * 50_000  # 600 kB
+    result = await ollama.AsyncClient(host=url).generate(model="llama3:8b", prompt=prompt, stream=False)
+    assert result.done
+    seen = emulator.received(path="/api/generate")[0]
+    assert seen.json["prompt"] == prompt and int(seen.headers["Content-Length"]) == len(seen.body)
