@@ -48,6 +48,28 @@ def configure_logging(log_format: str = "auto", log_level: str = "info", stream:
         cache_logger_on_first_use=True,
     )
     _current = LogOutput(out, not console, _LEVELS[log_level])
+    _route_stdlib_logging(out, renderer, _LEVELS[log_level])
+
+
+class _VramgateHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the one handler this module installs, so reconfiguring replaces it."""
+
+
+def _route_stdlib_logging(out: TextIO, renderer: Any, level: int) -> None:
+    """aiohttp and asyncio log through the standard library: render their records the same way."""
+    handler = _VramgateHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+        ],
+    ))
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _VramgateHandler)] + [handler]
+    root.setLevel(max(level, logging.INFO))
 
 
 def current() -> LogOutput:

@@ -59,3 +59,20 @@ def test_console_format_goes_through_structlog() -> None:
         configure_logging("json", "warning")
     text = out.getvalue()
     assert "access" in text and "path=/api/tags" in text and "status=200" in text
+
+
+def test_standard_library_records_come_out_as_json_lines() -> None:
+    import logging
+
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("aiohttp.server").exception("Error handling request")
+    finally:
+        configure_logging("json", "warning")
+    (line,) = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert line["event"] == "Error handling request" and line["logger"] == "aiohttp.server"
+    assert line["level"] == "error" and "ValueError: boom" in line["exception"]
