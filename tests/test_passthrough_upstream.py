@@ -170,3 +170,21 @@ async def test_large_streamed_response_is_complete(start_proxy: StartProxy, chun
         assert total == chunk_count * len(chunk)
     finally:
         await upstream.close()
+
+
+async def test_http_1_0_clients_get_bodies_delimited_by_close(proxy_url: str) -> None:
+    host, port = proxy_url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "llama3:8b", "prompt": "x"}).encode()
+    for request in (b"GET /api/version HTTP/1.0\r\n\r\n",
+                    b"POST /api/generate HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                    % (len(body), body)):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.read(), timeout=5)  # until the proxy closes
+        writer.close()
+        head, _, content = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
+        if request.startswith(b"GET"):
+            assert content == b'{"version":"0.33.0"}'
+        else:
+            assert json.loads(content.splitlines()[-1])["done"] is True
