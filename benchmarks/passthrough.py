@@ -104,7 +104,7 @@ def wait_ready(url: str, timeout: float = 20.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise SystemExit(f"{url} did not come up")
+                raise SystemExit(f"{url} did not come up") from None
             time.sleep(0.1)
 
 

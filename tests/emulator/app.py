@@ -39,8 +39,6 @@ from tests.emulator.runners import (
     resolve_options,
 )
 from tests.emulator.wire import (
-    FOREVER,
-    JSON_TYPE,
     NDJSON_TYPE,
     SSE_TYPE,
     BadKeepAlive,
@@ -578,7 +576,7 @@ class Emulator:
                 self.models[key] = base
                 steps += self._pull_steps(base)[:-1]
             if base is None:
-                return await self._progress(request, body, [{"status": "parsing modelfile"}] if False else [{"status": "pulling manifest"}],
+                return await self._progress(request, body, [{"status": "pulling manifest"}],
                                             ("pull model manifest: file does not exist", 500))
         for filename, digest in (body.get("files") or {}).items():
             if digest not in self.blobs:

@@ -63,7 +63,7 @@ class BadKeepAlive(ValueError):
 def parse_keep_alive(value: Any) -> float:
     """Seconds from a ``keep_alive`` value: number = seconds, string = Go duration, negative = forever."""
     if isinstance(value, bool):
-        raise BadKeepAlive(f"json: cannot unmarshal bool into Go value of type api.Duration")
+        raise BadKeepAlive("json: cannot unmarshal bool into Go value of type api.Duration")
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
