@@ -7,6 +7,7 @@ entry point: logging, the fit gate when it is installed, signals and a bounded g
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -129,6 +130,8 @@ async def _serve(settings: Settings) -> int:
         await runner.cleanup()
         return 1
     bound = runner.addresses[0][1] if runner.addresses else port
+    gc.collect()
+    gc.freeze()  # start-up objects (modules, settings, gate tables) are never garbage: stop rescanning them
     log.info("vramgate started", listen=f"{host}:{bound}", upstream=settings.upstream,
              gate="fit" if factory is not None else "pass-through", event_loop=type(asyncio.get_running_loop()).__module__)
 
