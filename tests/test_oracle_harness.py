@@ -113,3 +113,15 @@ def test_output_buffer_is_logged_even_without_allocation(oracle):
     _, path = build("llama", "real")  # 128256-token vocabulary
     m = measure(path, 2048, 4, flash_attention=True, oracle=oracle)
     assert m.output_mib == pytest.approx(128256 * 4 * 4 / MiB, abs=0.006)
+
+
+def test_no_repack_keeps_every_weight_in_one_host_buffer(oracle):
+    """Without -nr the CPU backend moves Q4_K weights into a CPU_REPACK buffer that is not flagged
+    as host memory (llama-fit-params would leave it out of its Host row); -nr keeps one buffer."""
+    _, path = build("llama", "real")
+    args = server_args(2048, 1, flash_attention=True)
+    repacked = measure_args(path, [a for a in args if a != "-nr"], oracle)
+    plain = measure_args(path, args, oracle)
+    assert [b["buft"] for b in plain.buffers] == ["CPU"]
+    assert "CPU_REPACK" in [b["buft"] for b in repacked.buffers]
+    assert repacked.model_bytes == plain.model_bytes
