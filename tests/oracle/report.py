@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown architecture(s) {unknown}")
 
     width = 22
-    header = f"{'model':18s} {'cases':>5s}  " + "  ".join(f"{c:>{width}s}" for c in COMPONENTS) + "  failing"
+    header = f"{'model':24s} {'cases':>5s}  " + "  ".join(f"{c:>{width}s}" for c in COMPONENTS) + "  failing"
     print("worst relative error (estimate - llama.cpp) per component; ! = outside tolerance")
     print("tolerances: " + ", ".join(f"{c} {r:.1%} or {a / MiB:.3g} MiB" for c, (r, a) in TOLERANCES.items()))
     print(header)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             failing = [r for r in rows if not r.ok]
             all_failing.extend(failing)
             cells = "  ".join(f"{_cell(w.get(c)):>{width}s}" for c in COMPONENTS)
-            print(f"{arch + '-' + size:18s} {len(rows) // len(COMPONENTS):5d}  {cells}  {len(failing)}", flush=True)
+            print(f"{arch + '-' + size:24s} {len(rows) // len(COMPONENTS):5d}  {cells}  {len(failing)}", flush=True)
     print(f"\n{len(all_failing)} comparisons outside tolerance; {time.monotonic() - started:.1f} s")
     if args.verbose and all_failing:
         for row in sorted(all_failing, key=lambda r: -abs(r.rel_err)):
