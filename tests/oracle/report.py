@@ -2,6 +2,8 @@
 
     uv run python -m tests.oracle.report            # every architecture, small and real-scale
     uv run python -m tests.oracle.report gemma3 -v  # one architecture, with the worst configurations
+    uv run python -m tests.oracle.report maincoder  # an architecture the estimator does not model:
+                                                    # it must err high, so "!" is expected there
 
 Builds llama.cpp and the models when missing (see tests/oracle/build.py); measurements are cached.
 """
