@@ -12,6 +12,7 @@ Like is compared with like: the oracle is a CPU build, so every buffer is on the
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -148,8 +149,9 @@ def measure_case(spec: ModelSpec, path: Path, case: Case) -> Measurement:
                    case.batch, case.batch, embedding=spec.embedding, swa_full=case.swa_full)
 
 
-def measure_grid(spec: ModelSpec, path: Path, cases: list[Case], workers: int = 2) -> dict[Case, Measurement]:
-    """Measure every case (cached; uncached ones run on `workers` processes at a time)."""
+def measure_grid(spec: ModelSpec, path: Path, cases: list[Case], workers: int | None = None) -> dict[Case, Measurement]:
+    """Measure every case (cached; uncached ones run on `workers` probe processes at a time)."""
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda c: measure_case(spec, path, c), cases))
     return dict(zip(cases, results))
