@@ -190,6 +190,17 @@ def _build_probe(llama_root: Path, final: Path) -> None:
             os.unlink(tmp_name)
 
 
+def _remove_leftovers(cache: Path) -> None:
+    """Temp dirs of builds killed mid-way (SIGKILL skips `finally`); safe: we hold the build lock."""
+    for pattern in (".build-*", ".sdist-*", ".stale-*", "oracle/.probe-*"):
+        for leftover in cache.glob(pattern):
+            _log(f"removing leftover {leftover}")
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
 def ensure_oracle() -> Oracle:
     """Return the oracle binaries, building whatever is missing (minutes the first time)."""
     cache = cache_dir()
@@ -201,6 +212,7 @@ def ensure_oracle() -> Oracle:
     if fit_params.exists() and probe.exists():
         return Oracle(llama_root, fit_params, probe)
     with _locked(cache / ".oracle-build.lock"):
+        _remove_leftovers(cache)
         if not fit_params.exists():
             _build_llama_cpp(cache, llama_root)
         if not probe.exists():
