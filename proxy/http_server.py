@@ -1,0 +1,467 @@
+"""The client side: a lean HTTP/1.1 server on asyncio.Protocol and httptools (llhttp, C).
+
+A general web framework builds request objects, header multidicts, routers and response state
+machines for every request; a proxy that hands raw headers to one upstream needs none of that,
+and on loopback that work was most of what vramgate added to a request. This module only parses
+(``HttpRequestParser`` callbacks), queues requests per connection (pipelining-safe: answered in
+order, one at a time) and writes what the relay gives it, with flow control both ways:
+
+- request bodies: reading pauses while more than ``HIGH_WATER`` bytes wait for the upstream;
+- responses: ``write`` waits (``drain``) while the client's socket buffer is full.
+
+A client that goes away cancels the request being served (``connection_lost``), so the relay
+closes its upstream request at once (Ollama keeps generating otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from http import HTTPStatus
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
+
+import httptools
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+MAX_HEAD = 256 * 1024  # request line + headers; larger is answered 431
+MAX_QUEUED = 16  # pipelined requests waiting; reading pauses beyond this
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+def reason_for(status: int) -> bytes:
+    """The standard reason phrase (for answers vramgate writes itself)."""
+    return _REASONS.get(status, b"Unknown")
+
+
+class ClientGone(Exception):
+    """The client's connection is closed: nothing more can be sent to it."""
+
+
+class RequestBody:
+    """The request body as the client sends it, read chunk by chunk (``read`` -> b"" at the end)."""
+
+    __slots__ = ("_conn", "_chunks", "_buffered", "_complete", "_waiter", "_paused")
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._complete = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+
+    @property
+    def complete(self) -> bool:
+        """All of it arrived and was read (the connection can serve the next request)."""
+        return self._complete and not self._chunks
+
+    async def read(self) -> bytes:
+        while not self._chunks:
+            if self._complete:
+                return b""
+            if self._conn.closed:
+                raise ClientGone("the client closed the connection during the request body")
+            self._conn.expect_continue()
+            self._waiter = self._conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered <= LOW_WATER:
+            self._paused = False
+            self._conn.resume_body()
+        return chunk
+
+    def __aiter__(self) -> RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.read()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    # --- fed by the connection ------------------------------------------------------------
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH_WATER and not self._paused:
+            self._paused = True
+            self._conn.pause_body()
+        self._wake()
+
+    def _finish(self) -> None:
+        self._complete = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Request:
+    """One parsed request: raw target and headers as sent, plus what the relay needs to decide."""
+
+    __slots__ = ("method", "target", "headers", "version", "keep_alive", "body", "content_length", "chunked",
+                 "expect_continue", "conn", "_path")
+
+    def __init__(self, conn: ClientConnection, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
+                 version: str, keep_alive: bool, content_length: int | None, chunked: bool, expect: bool) -> None:
+        self.conn = conn
+        self.method = method
+        self.target = target  # path and query, raw bytes as the client sent them
+        self.headers = headers  # raw (name, value) pairs in order
+        self.version = version  # "1.1" or "1.0"
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.chunked = chunked
+        self.expect_continue = expect
+        has_body = chunked or bool(content_length)
+        self.body: RequestBody | None = RequestBody(conn) if has_body else None
+        self._path: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The path without the query string, percent-decoded (what routes and logs use)."""
+        if self._path is None:
+            raw = self.target.split(b"?", 1)[0].decode("latin-1")
+            self._path = unquote(raw) if "%" in raw else raw
+        return self._path
+
+    @property
+    def client(self) -> str:
+        return self.conn.peer
+
+
+Handler = Callable[[Request], Awaitable[None]]
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parse, queue, serve requests in order, write answers."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.closed = False
+        self.closing = False  # finish the current request, then close
+        self._queue: deque[Request] = deque()
+        self._reading: Request | None = None  # the request whose body is being parsed
+        self._task: asyncio.Task[None] | None = None
+        self._next: asyncio.Future[None] | None = None
+        self._busy = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._length: int | None = None
+        self._chunked = False
+        self._expect = False
+        self._body_paused = False
+        self._queue_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._continue_pending = False
+        self.framing_chunked = False  # the response being written is chunk-encoded
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.server.connections.add(self)
+        self._task = self.loop.create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # no upgrades: the upgraded bytes are ignored, the request is served as plain HTTP
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"bad request: {exc}")
+        except _HeadTooLarge:
+            self._refuse(431, "request headers too large")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self._reading is not None and self._reading.body is not None:
+            self._reading.body._wake()
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        if self._busy and self._task is not None:
+            self._task.cancel()  # the client went away: stop serving it (closes the upstream request)
+        else:
+            self._wake_next()
+        self.server.connection_closed()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # --- httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._length = None
+        self._chunked = False
+        self._expect = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._head_size += len(name) + len(value)
+        if self._head_size > MAX_HEAD:
+            raise _HeadTooLarge
+        size = len(name)
+        if size in (6, 14, 17):  # the framing headers and Expect, without lower-casing every name
+            lower = name.lower()
+            if lower == b"content-length":
+                try:
+                    self._length = int(value)
+                except ValueError:
+                    self._length = None
+            elif lower == b"transfer-encoding" and b"chunked" in value.lower():
+                self._chunked = True
+            elif lower == b"expect" and value.lower() == b"100-continue":
+                self._expect = True
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        version = parser.get_http_version()
+        request = Request(self, parser.get_method().decode("ascii"), self._url, self._headers, version,
+                          parser.should_keep_alive(), self._length, self._chunked, self._expect and version == "1.1")
+        self._reading = request
+        self._queue.append(request)
+        if len(self._queue) > MAX_QUEUED and not self._queue_paused and self.transport is not None:
+            self._queue_paused = True
+            self.transport.pause_reading()
+        self._wake_next()
+
+    def on_body(self, body: bytes) -> None:
+        request = self._reading
+        if request is not None and request.body is not None:
+            request.body._feed(body)
+
+    def on_message_complete(self) -> None:
+        request = self._reading
+        if request is not None and request.body is not None:
+            request.body._finish()
+        self._reading = None
+
+    # --- serving ----------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        handler = self.server.handler
+        queue = self._queue
+        while True:
+            while not queue:
+                if self.closed or self.closing:
+                    self._close()
+                    return
+                self._next = self.loop.create_future()
+                try:
+                    await self._next
+                finally:
+                    self._next = None
+            request = queue.popleft()
+            if self._queue_paused and len(queue) <= MAX_QUEUED // 2 and not self._body_paused:
+                self._queue_paused = False
+                if self.transport is not None and not self.closed:
+                    self.transport.resume_reading()
+            self._busy = True
+            self._continue_pending = request.expect_continue
+            try:
+                await handler(request)
+            except asyncio.CancelledError:
+                self._close()
+                raise
+            finally:
+                self._busy = False
+            if self.closed:
+                return
+            if self.closing or not request.keep_alive or (request.body is not None and not request.body.complete):
+                self._close()  # an unread body would be parsed as the next request: start afresh
+                return
+
+    def _wake_next(self) -> None:
+        waiter = self._next
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def expect_continue(self) -> None:
+        """``Expect: 100-continue``: tell the client to send its body, once, when it is first wanted."""
+        if self._continue_pending:
+            self._continue_pending = False
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def pause_body(self) -> None:
+        self._body_paused = True
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_body(self) -> None:
+        self._body_paused = False
+        if self.transport is not None and not self.closed and not self._queue_paused:
+            self.transport.resume_reading()
+
+    def stop_after_current(self) -> None:
+        """Graceful shutdown: an idle connection closes now, a busy one after its answer."""
+        self.closing = True
+        if not self._busy:
+            self._wake_next()
+
+    # --- writing answers ----------------------------------------------------------------------
+    def send_whole(self, request: Request, status: int, reason: bytes, lines: bytes, body: bytes) -> None:
+        """A complete answer in one write; ``lines`` already frame ``body`` (Content-Length)."""
+        head = self._status_line(request, status, reason, lines)
+        if body and request.method != "HEAD":
+            self.write(head + body)
+        else:
+            self.write(head)
+
+    def start_stream(self, request: Request, status: int, reason: bytes, lines: bytes, *, length_known: bool) -> None:
+        """Send the head of an answer whose body follows with ``send``; chunk-encoded when its length is unknown."""
+        self.framing_chunked = False
+        if not length_known and request.method != "HEAD" and status >= 200 and status not in (204, 304):
+            if request.version == "1.1":
+                self.framing_chunked = True
+                lines += b"Transfer-Encoding: chunked\r\n"
+            else:
+                request.keep_alive = False  # HTTP/1.0: the body ends when the connection does
+        self.write(self._status_line(request, status, reason, lines))
+
+    async def send(self, data: bytes) -> None:
+        """One body chunk, as it came; waits while the client reads slower than the upstream writes."""
+        if self.framing_chunked:
+            if len(data) < 16384:
+                self.write(b"%x\r\n%b\r\n" % (len(data), data))
+            else:
+                self.write(b"%x\r\n" % len(data))
+                self.write(data)
+                self.write(b"\r\n")
+        else:
+            self.write(data)
+        if self._write_paused:
+            await self.drain()
+
+    def end_stream(self) -> None:
+        if self.framing_chunked:
+            self.framing_chunked = False
+            self.write(b"0\r\n\r\n")
+
+    def _status_line(self, request: Request, status: int, reason: bytes, lines: bytes) -> bytes:
+        if self.closing or (request.body is not None and not request.body.complete):
+            request.keep_alive = False  # closing after this answer (an unread body cannot be skipped safely)
+        if request.version == "1.1":
+            connection = b"" if request.keep_alive else b"Connection: close\r\n"
+            return b"HTTP/1.1 %d %b\r\n%b%b\r\n" % (status, reason, lines, connection)
+        connection = b"Connection: keep-alive\r\n" if request.keep_alive else b""
+        return b"HTTP/1.0 %d %b\r\n%b%b\r\n" % (status, reason, lines, connection)
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise ClientGone("the client closed the connection")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the client's socket buffer is full (a slow reader)."""
+        if self._write_paused and not self.closed:
+            self._drain = self.loop.create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+        if self.closed:
+            raise ClientGone("the client closed the connection")
+
+    def abort(self) -> None:
+        """Cut the connection: the client must not take a truncated body for a complete one."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        if self.transport is None or self.closed:
+            return
+        body = b'{"error":"%s"}' % message.replace('"', "'").encode("latin-1", "replace")
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (status, reason_for(status), len(body), body))
+        self.transport.pause_reading()
+        self.closing = True
+        if not self._busy:
+            self._close()
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class HttpServer:
+    """The listening socket and its connections; ``close`` drains in-flight requests for a bounded time."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[ClientConnection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._all_closed: asyncio.Future[None] | None = None
+        self.port = 0
+
+    async def listen(self, host: str, port: int) -> None:
+        self._server = await self.loop.create_server(lambda: ClientConnection(self), host, port,
+                                                     reuse_address=True, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def connection_closed(self) -> None:
+        if not self.connections and self._all_closed is not None and not self._all_closed.done():
+            self._all_closed.set_result(None)
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting, let requests in flight finish for up to ``grace`` s, then cut the rest."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.stop_after_current()
+        if self.connections:
+            self._all_closed = self.loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._all_closed), grace)
+            except TimeoutError:
+                pass
+        tasks = [conn._task for conn in self.connections if conn._task is not None]
+        for conn in list(self.connections):
+            conn.abort()  # connection_lost follows: busy requests are cancelled, upstreams closed
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        if self._server is not None:
+            await self._server.wait_closed()
