@@ -19,15 +19,19 @@ import asyncio
 import socket
 from collections import deque
 from http import HTTPStatus
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import unquote
 
 import httptools
+
+from proxy.logging_setup import get_logger
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 MAX_HEAD = 256 * 1024  # request line + headers; larger is answered 431
 MAX_QUEUED = 16  # pipelined requests waiting; reading pauses beyond this
+_log = get_logger("vramgate.http")
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
@@ -139,7 +143,8 @@ class Request:
         return self.conn.peer
 
 
-Handler = Callable[[Request], Awaitable[None]]
+Handler = Callable[[Request], Coroutine[Any, Any, None]]
+FastPath = Callable[[Request], bool]
 
 
 class ClientConnection(asyncio.Protocol):
@@ -156,8 +161,8 @@ class ClientConnection(asyncio.Protocol):
         self._queue: deque[Request] = deque()
         self._reading: Request | None = None  # the request whose body is being parsed
         self._task: asyncio.Task[None] | None = None
-        self._next: asyncio.Future[None] | None = None
-        self._busy = False
+        self._busy = False  # a request is being served (by a task, or by callbacks on the fast path)
+        self._on_gone: Callable[[], None] | None = None  # the fast path's clean-up if the client leaves
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
@@ -183,7 +188,6 @@ class ClientConnection(asyncio.Protocol):
             except OSError:
                 pass
         self.server.connections.add(self)
-        self._task = self.loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -203,10 +207,11 @@ class ClientConnection(asyncio.Protocol):
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
-        if self._busy and self._task is not None:
+        if self._task is not None:
             self._task.cancel()  # the client went away: stop serving it (closes the upstream request)
-        else:
-            self._wake_next()
+        elif self._on_gone is not None:
+            on_gone, self._on_gone = self._on_gone, None
+            on_gone()
         self.server.connection_closed()
 
     def pause_writing(self) -> None:
@@ -261,7 +266,8 @@ class ClientConnection(asyncio.Protocol):
         if len(self._queue) > MAX_QUEUED and not self._queue_paused and self.transport is not None:
             self._queue_paused = True
             self.transport.pause_reading()
-        self._wake_next()
+        if not self._busy:
+            self._dispatch()
 
     def on_body(self, body: bytes) -> None:
         request = self._reading
@@ -275,43 +281,54 @@ class ClientConnection(asyncio.Protocol):
         self._reading = None
 
     # --- serving ----------------------------------------------------------------------------
-    async def _serve(self) -> None:
-        handler = self.server.handler
-        queue = self._queue
-        while True:
-            while not queue:
-                if self.closed or self.closing:
-                    self._close()
-                    return
-                self._next = self.loop.create_future()
-                try:
-                    await self._next
-                finally:
-                    self._next = None
-            request = queue.popleft()
-            if self._queue_paused and len(queue) <= MAX_QUEUED // 2 and not self._body_paused:
-                self._queue_paused = False
-                if self.transport is not None and not self.closed:
-                    self.transport.resume_reading()
-            self._busy = True
-            self._continue_pending = request.expect_continue
-            try:
-                await handler(request)
-            except asyncio.CancelledError:
-                self._close()
-                raise
-            finally:
-                self._busy = False
-            if self.closed:
-                return
-            if self.closing or not request.keep_alive or (request.body is not None and not request.body.complete):
-                self._close()  # an unread body would be parsed as the next request: start afresh
-                return
+    def _dispatch(self) -> None:
+        """Start the next queued request: on the server's fast path if it takes it, else in a task."""
+        if self.closed or not self._queue:
+            return
+        request = self._queue.popleft()
+        if self._queue_paused and len(self._queue) <= MAX_QUEUED // 2 and not self._body_paused:
+            self._queue_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        self._busy = True
+        self._continue_pending = request.expect_continue
+        fast = self.server.fast
+        if fast is None or not fast(request):
+            self.run_in_task(self.server.handler(request), request)
 
-    def _wake_next(self) -> None:
-        waiter = self._next
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def run_in_task(self, work: Coroutine[Any, Any, None], request: Request) -> None:
+        """Serve (the rest of) ``request`` in a task; a client that goes away cancels it."""
+        self._on_gone = None
+        self._task = self.loop.create_task(self._run(work, request))
+
+    async def _run(self, work: Coroutine[Any, Any, None], request: Request) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            self._close()
+            raise
+        except Exception:
+            _log.exception("request.failed", method=request.method)
+            self.abort()
+            return
+        finally:
+            self._task = None
+        self.finished(request)
+
+    def on_gone(self, callback: Callable[[], None] | None) -> None:
+        """The fast path's clean-up should the client leave before ``finished``."""
+        self._on_gone = callback
+
+    def finished(self, request: Request) -> None:
+        """The answer to ``request`` is complete: keep the connection for the next one, or close it."""
+        self._busy = False
+        self._on_gone = None
+        if self.closed:
+            return
+        if self.closing or not request.keep_alive or (request.body is not None and not request.body.complete):
+            self._close()  # an unread body would be parsed as the next request: start afresh
+            return
+        self._dispatch()
 
     def expect_continue(self) -> None:
         """``Expect: 100-continue``: tell the client to send its body, once, when it is first wanted."""
@@ -333,7 +350,7 @@ class ClientConnection(asyncio.Protocol):
         """Graceful shutdown: an idle connection closes now, a busy one after its answer."""
         self.closing = True
         if not self._busy:
-            self._wake_next()
+            self._close()
 
     # --- writing answers ----------------------------------------------------------------------
     def send_whole(self, request: Request, status: int, reason: bytes, lines: bytes, body: bytes) -> None:
@@ -429,8 +446,11 @@ class _HeadTooLarge(Exception):
 class HttpServer:
     """The listening socket and its connections; ``close`` drains in-flight requests for a bounded time."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, fast: FastPath | None = None) -> None:
+        """``handler`` serves any request in a task; ``fast``, when given, may take a request first and
+        serve it with callbacks alone (no task), calling ``conn.finished(request)`` at its end."""
         self.handler = handler
+        self.fast = fast
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.AbstractServer | None = None

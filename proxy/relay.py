@@ -22,7 +22,7 @@ from proxy.errors import JSON_TYPE, error_body, stream_error_line
 from proxy.headers import header_map, request_header_lines, response_header_lines, with_headers
 from proxy.http_server import ClientGone, Request, reason_for
 from proxy.logging_setup import get_logger
-from proxy.upstream import UpstreamBodyError, UpstreamNoAnswer, UpstreamPool, UpstreamResponse, UpstreamUnreachable
+from proxy.upstream import UpstreamBodyError, UpstreamClosedIdle, UpstreamNoAnswer, UpstreamPool, UpstreamResponse, UpstreamUnreachable
 
 MAX_INSPECTED_BODY = 256 * 1024**2
 DONE_MARK = b'"done":true'
@@ -49,6 +49,57 @@ class Relay:
     def attach(self, admission: Admission) -> None:
         """Set the admission once the event loop runs (start-up)."""
         self._admission = admission
+
+    def try_fast(self, request: Request) -> bool:
+        """Serve a body-less request nobody inspects with callbacks alone, when an upstream connection
+        is idle: a coroutine, its task and two futures cost more than the rest of a small request.
+        False leaves the request to ``handle``. The answer goes out in ``_fast_answer``."""
+        if request.body is not None or self._admission.inspects(request.method, request.path):
+            return False
+        started = perf_counter()
+        conn = request.conn
+
+        def on_answer(answer: UpstreamResponse | UpstreamUnreachable) -> None:
+            conn.on_gone(None)
+            self._fast_answer(request, answer, started)
+
+        upstream_conn = self._pool.send_now(request.method, request.target, request_header_lines(request.headers), on_answer)
+        if upstream_conn is None:
+            return False
+
+        def on_gone() -> None:
+            upstream_conn.on_answer = None
+            upstream_conn.release(reusable=False)  # the client left: stop the upstream's work too
+            self._log(request, 0, 0, started, None, "client_gone")
+
+        conn.on_gone(on_gone)
+        return True
+
+    def _fast_answer(self, request: Request, answer: UpstreamResponse | UpstreamUnreachable, started: float) -> None:
+        conn = request.conn
+        if isinstance(answer, UpstreamUnreachable):
+            if isinstance(answer, UpstreamClosedIdle):
+                # a kept-alive connection the upstream had just closed: the full path tries a fresh one
+                conn.run_in_task(self.handle(request), request)
+                return
+            self._answer(request, request.path, f"vramgate cannot reach the upstream Ollama at {self.upstream}: {answer}",
+                         502, started, "upstream_unreachable")
+            conn.finished(request)
+            return
+        ttfb = perf_counter() - started
+        whole = answer.body_if_complete() if answer.content_length is not None else None
+        if whole is None:  # still streaming: the rest in a task, like any streamed answer
+            conn.run_in_task(self._relay_then_close(request, answer, started, ttfb), request)
+            return
+        self._send_whole(request, answer, None, started, ttfb, whole)
+        answer.close()
+        conn.finished(request)
+
+    async def _relay_then_close(self, request: Request, upstream: UpstreamResponse, started: float, ttfb: float) -> None:
+        try:
+            await self._relay(request, upstream, None, started, ttfb)
+        finally:
+            upstream.close()
 
     async def handle(self, request: Request) -> None:
         """Serve one request to its end; raises only CancelledError (the client went away)."""
@@ -126,27 +177,36 @@ class Relay:
         finally:
             upstream.close()
 
-    async def _relay(self, request: Request, upstream: UpstreamResponse, forward: Forward | None,
-                     started: float, ttfb: float) -> None:
-        conn = request.conn
-        status = upstream.status
+    def _send_whole(self, request: Request, upstream: UpstreamResponse, forward: Forward | None, started: float,
+                    ttfb: float, whole: bytes) -> None:
+        """The whole (small) answer is already here: one write, nothing left to stream."""
+        lines, _ = self._head_lines(upstream, forward)
+        outcome = "ok"
+        try:
+            request.conn.send_whole(request, upstream.status, upstream.reason.encode("latin-1"), lines, whole)
+        except ClientGone:
+            outcome = "client_gone"
+        self._log(request, upstream.status, len(whole), started, ttfb, outcome)
+
+    @staticmethod
+    def _head_lines(upstream: UpstreamResponse, forward: Forward | None) -> tuple[bytes, bytes]:
         lines, content_type = response_header_lines(upstream.headers)
         if forward is not None and forward.response_headers:
             lines = with_headers(lines, forward.response_headers)
         if content_type.startswith(_STREAMED_TYPES) and b"x-accel-buffering" not in lines.lower():
             lines += b"X-Accel-Buffering: no\r\n"  # an nginx in front must not buffer streams
-        reason = upstream.reason.encode("latin-1")
+        return lines, content_type
+
+    async def _relay(self, request: Request, upstream: UpstreamResponse, forward: Forward | None,
+                     started: float, ttfb: float) -> None:
         known_length = upstream.content_length is not None
         whole = upstream.body_if_complete() if known_length else None
         if whole is not None:
-            # fast path: the whole (small) answer is already here, nothing is left to stream
-            outcome = "ok"
-            try:
-                conn.send_whole(request, status, reason, lines, whole)
-            except ClientGone:
-                outcome = "client_gone"
-            self._log(request, status, len(whole), started, ttfb, outcome)
-            return
+            return self._send_whole(request, upstream, forward, started, ttfb, whole)
+        conn = request.conn
+        status = upstream.status
+        lines, content_type = self._head_lines(upstream, forward)
+        reason = upstream.reason.encode("latin-1")
 
         ndjson = content_type.startswith(NDJSON)
         sent = 0

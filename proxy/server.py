@@ -73,7 +73,7 @@ async def start_server(
     if chosen is None:
         chosen = admission_factory(settings, session) if admission_factory is not None else PassThrough()
     relay = Relay(pool, PassThrough(), access)
-    server = HttpServer(relay.handle)
+    server = HttpServer(relay.handle, relay.try_fast)
     try:
         if callable(getattr(chosen, "start", None)):
             await chosen.start()

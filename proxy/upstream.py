@@ -16,7 +16,7 @@ import asyncio
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -28,6 +28,10 @@ MAX_IDLE = 64
 
 class UpstreamUnreachable(Exception):
     """No response could be had: refused, unreachable, timed out, or closed before answering."""
+
+
+class UpstreamClosedIdle(UpstreamUnreachable):
+    """A kept-alive connection the upstream had closed before it sent a byte: safe to retry on a fresh one."""
 
 
 class UpstreamNoAnswer(UpstreamUnreachable):
@@ -161,6 +165,9 @@ class _Connection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self.got_bytes = False
+        # the fast path's listener instead of a headers future: called once, with the response
+        # (its headers arrived; the body may be complete too) or the reason there is none
+        self.on_answer: Callable[[UpstreamResponse | UpstreamUnreachable], None] | None = None
 
     # --- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,11 +189,18 @@ class _Connection(asyncio.Protocol):
             # a HEAD answer has no body whatever its Content-Length says; never reuse this one
             self.keep_alive = False
             self.response._finish()
+        if self.on_answer is not None and self.response is not None:
+            on_answer, self.on_answer = self.on_answer, None
+            on_answer(self.response)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
         error = exc or ConnectionResetError("the upstream closed the connection")
+        if self.on_answer is not None:
+            on_answer, self.on_answer = self.on_answer, None
+            kind = UpstreamUnreachable if self.got_bytes else UpstreamClosedIdle
+            on_answer(kind(f"the upstream closed the connection before answering ({error})"))
         waiter = self._headers_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(UpstreamUnreachable(f"the upstream closed the connection before answering ({error})"))
@@ -211,7 +225,7 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self._headers_waiter is None:  # bytes nobody asked for: this connection is unusable
+        if self._headers_waiter is None and self.on_answer is None:  # bytes nobody asked for: this connection is unusable
             self.keep_alive = False
             self.closed = True
             if self.transport is not None:
@@ -279,6 +293,7 @@ class _Connection(asyncio.Protocol):
         if reusable and self.keep_alive and not self.closed and not self.head_request:
             self.response = None
             self._headers_waiter = None
+            self.on_answer = None
             self.got_bytes = False
             self.pool.put_back(self)
         else:
@@ -295,6 +310,11 @@ class _Connection(asyncio.Protocol):
                 self._drain_waiter = None
         if self.closed:
             raise ConnectionResetError("the upstream closed the connection")
+
+    def start_with(self, head_request: bool, on_answer: Callable[[UpstreamResponse | UpstreamUnreachable], None]) -> None:
+        self.head_request = head_request
+        self.response = None
+        self.on_answer = on_answer
 
     def start(self, head_request: bool) -> asyncio.Future[UpstreamResponse]:
         self.head_request = head_request
@@ -340,6 +360,20 @@ class UpstreamPool:
             self._idle.remove(conn)
         except ValueError:
             pass
+
+    def send_now(self, method: str, target: bytes, headers: list[bytes],
+                 on_answer: Callable[[UpstreamResponse | UpstreamUnreachable], None]) -> _Connection | None:
+        """Fast path for a body-less request: written at once on an idle kept-alive connection, the
+        answer reported to ``on_answer`` from the connection's callbacks (no future, no task).
+        None when no connection is idle or a read timeout applies (``request`` handles those)."""
+        if not self._idle or self.read_timeout:
+            return None
+        conn = self._idle.pop()
+        conn.start_with(method == "HEAD", on_answer)
+        assert conn.transport is not None
+        conn.transport.write(b"".join([method.encode(), b" ", self.prefix, target, b" HTTP/1.1\r\nHost: ",
+                                       self.host_header, b"\r\n", *headers, b"\r\n"]))
+        return conn
 
     async def _connect(self) -> _Connection:
         loop = self.loop
