@@ -223,15 +223,7 @@ class ClientConnection(asyncio.Protocol):
         if drain is not None and not drain.done():
             drain.set_result(None)
 
-    # --- httptools callbacks ----------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._head_size = 0
-        self._length = None
-        self._chunked = False
-        self._expect = False
-
+    # --- httptools callbacks (no on_message_begin: the state is reset after each head instead) ----
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_size += len(url)
@@ -261,6 +253,12 @@ class ClientConnection(asyncio.Protocol):
         version = parser.get_http_version()
         request = Request(self, parser.get_method().decode("ascii"), self._url, self._headers, version,
                           parser.should_keep_alive(), self._length, self._chunked, self._expect and version == "1.1")
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._length = None
+        self._chunked = False
+        self._expect = False
         self._reading = request
         self._queue.append(request)
         if len(self._queue) > MAX_QUEUED and not self._queue_paused and self.transport is not None:

@@ -22,6 +22,7 @@ from proxy.errors import JSON_TYPE, error_body, stream_error_line
 from proxy.headers import header_map, request_header_lines, response_header_lines, with_headers
 from proxy.http_server import ClientGone, Request, reason_for
 from proxy.logging_setup import get_logger
+from proxy.whole_answer import WholeAnswer
 from proxy.upstream import UpstreamBodyError, UpstreamClosedIdle, UpstreamNoAnswer, UpstreamPool, UpstreamResponse, UpstreamUnreachable
 
 MAX_INSPECTED_BODY = 256 * 1024**2
@@ -59,7 +60,7 @@ class Relay:
         started = perf_counter()
         conn = request.conn
 
-        def on_answer(answer: UpstreamResponse | UpstreamUnreachable) -> None:
+        def on_answer(answer: UpstreamResponse | WholeAnswer | UpstreamUnreachable) -> None:
             conn.on_gone(None)
             self._fast_answer(request, answer, started)
 
@@ -75,7 +76,8 @@ class Relay:
         conn.on_gone(on_gone)
         return True
 
-    def _fast_answer(self, request: Request, answer: UpstreamResponse | UpstreamUnreachable, started: float) -> None:
+    def _fast_answer(self, request: Request, answer: UpstreamResponse | WholeAnswer | UpstreamUnreachable,
+                     started: float) -> None:
         conn = request.conn
         if isinstance(answer, UpstreamUnreachable):
             if isinstance(answer, UpstreamClosedIdle):
@@ -87,6 +89,18 @@ class Relay:
             conn.finished(request)
             return
         ttfb = perf_counter() - started
+        if type(answer) is WholeAnswer:  # already released to the pool: just pass it on
+            lines = answer.lines
+            if answer.content_type.startswith(_STREAMED_TYPES) and b"x-accel-buffering" not in lines.lower():
+                lines += b"X-Accel-Buffering: no\r\n"
+            outcome = "ok"
+            try:
+                conn.send_whole(request, answer.status, answer.reason, lines, answer.body)
+            except ClientGone:
+                outcome = "client_gone"
+            self._log(request, answer.status, len(answer.body), started, ttfb, outcome)
+            conn.finished(request)
+            return
         whole = answer.body_if_complete() if answer.content_length is not None else None
         if whole is None:  # still streaming: the rest in a task, like any streamed answer
             conn.run_in_task(self._relay_then_close(request, answer, started, ttfb), request)

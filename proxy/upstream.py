@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from proxy.whole_answer import WholeAnswer, split_whole_answer
+
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 MAX_IDLE = 64
@@ -28,6 +30,9 @@ MAX_IDLE = 64
 
 class UpstreamUnreachable(Exception):
     """No response could be had: refused, unreachable, timed out, or closed before answering."""
+
+
+AnswerListener = Callable[["UpstreamResponse | WholeAnswer | UpstreamUnreachable"], None]
 
 
 class UpstreamClosedIdle(UpstreamUnreachable):
@@ -167,7 +172,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         # the fast path's listener instead of a headers future: called once, with the response
         # (its headers arrived; the body may be complete too) or the reason there is none
-        self.on_answer: Callable[[UpstreamResponse | UpstreamUnreachable], None] | None = None
+        self.on_answer: AnswerListener | None = None
 
     # --- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -181,6 +186,14 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self.on_answer is not None and self.response is None and not self.head_request:
+            whole = split_whole_answer(data)
+            if whole is not None:  # the common small answer: no parser callbacks needed
+                on_answer, self.on_answer = self.on_answer, None
+                self.keep_alive = True  # HTTP/1.1 without a Connection header
+                self.release(reusable=True)
+                on_answer(whole)
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -224,18 +237,13 @@ class _Connection(asyncio.Protocol):
             drain.set_result(None)
 
     # --- httptools callbacks ----------------------------------------------------------------
-    def on_message_begin(self) -> None:
+    # (no on_message_begin: a call per response saved; the state is reset after each head instead)
+    def on_status(self, status: bytes) -> None:
         if self._headers_waiter is None and self.on_answer is None:  # bytes nobody asked for: this connection is unusable
             self.keep_alive = False
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
-        self._headers = []
-        self._reason = b""
-        self._length: int | None = None
-        self._chunked = False
-
-    def on_status(self, status: bytes) -> None:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -254,10 +262,16 @@ class _Connection(asyncio.Protocol):
         parser = self.parser
         status = parser.get_status_code()
         if 100 <= status < 200:
+            self._headers = []
+            self._reason = b""
             return  # interim answer; the real one follows
         self.keep_alive = parser.should_keep_alive()
         response = UpstreamResponse(self, status, self._reason.decode("latin-1"), self._headers, self._chunked,
                                     self._length, self.pool.read_timeout)
+        self._headers = []
+        self._reason = b""
+        self._length = None
+        self._chunked = False
         self.response = response
         waiter = self._headers_waiter
         if waiter is not None and not waiter.done():
@@ -311,7 +325,7 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             raise ConnectionResetError("the upstream closed the connection")
 
-    def start_with(self, head_request: bool, on_answer: Callable[[UpstreamResponse | UpstreamUnreachable], None]) -> None:
+    def start_with(self, head_request: bool, on_answer: AnswerListener) -> None:
         self.head_request = head_request
         self.response = None
         self.on_answer = on_answer
@@ -362,7 +376,7 @@ class UpstreamPool:
             pass
 
     def send_now(self, method: str, target: bytes, headers: list[bytes],
-                 on_answer: Callable[[UpstreamResponse | UpstreamUnreachable], None]) -> _Connection | None:
+                 on_answer: AnswerListener) -> _Connection | None:
         """Fast path for a body-less request: written at once on an idle kept-alive connection, the
         answer reported to ``on_answer`` from the connection's callbacks (no future, no task).
         None when no connection is idle or a read timeout applies (``request`` handles those)."""
