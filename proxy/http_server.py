@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from http import HTTPStatus
 from collections.abc import Callable, Coroutine
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
@@ -47,7 +47,7 @@ class ClientGone(Exception):
 class RequestBody:
     """The request body as the client sends it, read chunk by chunk (``read`` -> b"" at the end)."""
 
-    __slots__ = ("_conn", "_chunks", "_buffered", "_complete", "_waiter", "_paused")
+    __slots__ = ("_buffered", "_chunks", "_complete", "_conn", "_paused", "_waiter")
 
     def __init__(self, conn: ClientConnection) -> None:
         self._conn = conn
@@ -112,8 +112,19 @@ class RequestBody:
 class Request:
     """One parsed request: raw target and headers as sent, plus what the relay needs to decide."""
 
-    __slots__ = ("method", "target", "headers", "version", "keep_alive", "body", "content_length", "chunked",
-                 "expect_continue", "conn", "_path")
+    __slots__ = (
+        "_path",
+        "body",
+        "chunked",
+        "conn",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "target",
+        "version",
+    )
 
     def __init__(self, conn: ClientConnection, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
                  version: str, keep_alive: bool, content_length: int | None, chunked: bool, expect: bool) -> None:
@@ -305,7 +316,7 @@ class ClientConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             self._close()
             raise
-        except Exception:
+        except Exception:  # noqa: BLE001 -- a bug in one request must not stop the server
             _log.exception("request.failed", method=request.method)
             self.abort()
             return

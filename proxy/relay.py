@@ -19,11 +19,23 @@ from time import perf_counter
 from proxy.access_log import AccessLog
 from proxy.admission import Admission, AdmissionRequest, Forward, Respond
 from proxy.errors import JSON_TYPE, error_body, stream_error_line
-from proxy.headers import header_map, request_header_lines, response_header_lines, with_headers
+from proxy.headers import (
+    header_map,
+    request_header_lines,
+    response_header_lines,
+    with_headers,
+)
 from proxy.http_server import ClientGone, Request, reason_for
 from proxy.logging_setup import get_logger
+from proxy.upstream import (
+    UpstreamBodyError,
+    UpstreamClosedIdle,
+    UpstreamNoAnswer,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamUnreachable,
+)
 from proxy.whole_answer import WholeAnswer
-from proxy.upstream import UpstreamBodyError, UpstreamClosedIdle, UpstreamNoAnswer, UpstreamPool, UpstreamResponse, UpstreamUnreachable
 
 MAX_INSPECTED_BODY = 256 * 1024**2
 DONE_MARK = b'"done":true'
@@ -89,7 +101,7 @@ class Relay:
             conn.finished(request)
             return
         ttfb = perf_counter() - started
-        if type(answer) is WholeAnswer:  # already released to the pool: just pass it on
+        if isinstance(answer, WholeAnswer):  # already released to the pool: just pass it on
             lines = answer.lines
             if answer.content_type.startswith(_STREAMED_TYPES) and b"x-accel-buffering" not in lines.lower():
                 lines += b"X-Accel-Buffering: no\r\n"

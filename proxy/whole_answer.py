@@ -19,7 +19,7 @@ _TYPE_MARK = b"\r\ncontent-type:"
 
 
 class WholeAnswer:
-    __slots__ = ("status", "reason", "lines", "content_type", "body")
+    __slots__ = ("body", "content_type", "lines", "reason", "status")
 
     def __init__(self, status: int, reason: bytes, lines: bytes, content_type: bytes, body: bytes) -> None:
         self.status = status

@@ -55,7 +55,7 @@ async def test_client_leaving_a_body_less_request_closes_upstream(emulator: Emul
         async with session.get(proxy_url + "/api/version") as resp:  # an idle upstream connection: the fast path
             assert resp.status == 200
         emulator.inject(Fault("/api/tags", "hang"))
-        reader, writer = await asyncio.open_connection(*_address(proxy_url))
+        _reader, writer = await asyncio.open_connection(*_address(proxy_url))
         writer.write(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
         assert await emulator.wait_for(lambda: emulator.in_flight > 0, timeout=2.0)
