@@ -103,7 +103,7 @@ class Relay:
         ttfb = perf_counter() - started
         if isinstance(answer, WholeAnswer):  # already released to the pool: just pass it on
             lines = answer.lines
-            if answer.content_type.startswith(_STREAMED_TYPES) and b"x-accel-buffering" not in lines.lower():
+            if answer.streamed and b"x-accel-buffering" not in lines.lower():
                 lines += b"X-Accel-Buffering: no\r\n"
             outcome = "ok"
             try:

@@ -11,21 +11,24 @@ returns None and goes through httptools as usual.
 
 from __future__ import annotations
 
+import re
+
 from proxy.headers import HOP_BY_HOP
 
-_HOP_MARKS = tuple(b"\r\n" + name + b":" for name in sorted(HOP_BY_HOP))
-_LENGTH_MARK = b"\r\ncontent-length:"
-_TYPE_MARK = b"\r\ncontent-type:"
+# searched in the lower-cased head; "\n" (not "\r\n") so that bare-LF line ends are caught too
+_HOP_HEADER = re.compile(rb"\n(?:" + b"|".join(re.escape(name) for name in sorted(HOP_BY_HOP)) + rb")[ \t]*:")
+_LENGTH = re.compile(rb"\ncontent-length[ \t]*:[ \t]*([^\r\n]*)")
+_STREAMED_TYPE = re.compile(rb"\ncontent-type[ \t]*:[ \t]*(?:application/x-ndjson|text/event-stream)")
 
 
 class WholeAnswer:
-    __slots__ = ("body", "content_type", "lines", "reason", "status")
+    __slots__ = ("body", "lines", "reason", "status", "streamed")
 
-    def __init__(self, status: int, reason: bytes, lines: bytes, content_type: bytes, body: bytes) -> None:
+    def __init__(self, status: int, reason: bytes, lines: bytes, streamed: bool, body: bytes) -> None:
         self.status = status
         self.reason = reason
         self.lines = lines  # the header lines as received, each ending in CRLF (none hop-by-hop)
-        self.content_type = content_type  # lower-case, b"" if none
+        self.streamed = streamed  # a streaming Content-Type (NDJSON, SSE), though complete here
         self.body = body
 
 
@@ -36,29 +39,18 @@ def split_whole_answer(data: bytes) -> WholeAnswer | None:
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
-    head = data[:end + 2]  # status line and header lines, each with its CRLF
-    if head.count(b"\n") != head.count(b"\r\n") or b" :" in head or b"\t:" in head:
-        return None  # bare LF line ends or a space before a colon: leave such heads to the strict parser
-    lower = head.lower()
-    for mark in _HOP_MARKS:
-        if mark in lower:
-            return None
-    at = lower.find(_LENGTH_MARK)
-    if at < 0 or lower.find(_LENGTH_MARK, at + 1) >= 0:
+    lower = data[:end + 2].lower()  # status line and header lines, each with its line end
+    if _HOP_HEADER.search(lower) is not None:
         return None
-    value = lower[at + len(_LENGTH_MARK):lower.index(b"\r\n", at + 2)].strip()
-    if not value.isdigit() or len(data) != end + 4 + int(value):
+    lengths = _LENGTH.findall(lower)
+    if len(lengths) != 1 or not lengths[0].isdigit() or len(data) != end + 4 + int(lengths[0]):
         return None
-    first = head.index(b"\r\n")
-    parts = head[9:first].split(b" ", 1)
-    code = parts[0]
-    if len(code) != 3 or not code.isdigit():
+    code = data[9:12]
+    if not code.isdigit() or data[12:13] not in (b" ", b"\r"):
         return None
     status = int(code)
     if status < 200 or status in (204, 304):
         return None
-    content_type = b""
-    at = lower.find(_TYPE_MARK)
-    if at >= 0:
-        content_type = lower[at + len(_TYPE_MARK):lower.index(b"\r\n", at + 2)].strip()
-    return WholeAnswer(status, parts[1] if len(parts) == 2 else b"", head[first + 2:], content_type, data[end + 4:])
+    first = data.index(b"\r\n")
+    return WholeAnswer(status, data[13:first], data[first + 2:end + 2], _STREAMED_TYPE.search(lower) is not None,
+                       data[end + 4:])

@@ -15,12 +15,14 @@ def test_a_complete_small_answer_is_split_with_raw_lines() -> None:
     assert whole is not None
     assert (whole.status, whole.reason, whole.body) == (200, b"OK", BODY)
     assert whole.lines == b"Content-Type: application/json; charset=utf-8\r\nContent-Length: 20\r\nDate: x\r\n"
-    assert whole.content_type == b"application/json; charset=utf-8"
+    assert not whole.streamed
 
 
 def test_status_without_reason_and_error_statuses() -> None:
     whole = split_whole_answer(b"HTTP/1.1 404\r\nContent-Length: 2\r\n\r\n{}")
-    assert whole is not None and (whole.status, whole.reason, whole.content_type) == (404, b"", b"")
+    assert whole is not None and (whole.status, whole.reason, whole.streamed) == (404, b"", False)
+    ndjson = split_whole_answer(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nContent-Length: 3\r\n\r\n{}\n")
+    assert ndjson is not None and ndjson.streamed
 
 
 @pytest.mark.parametrize("data", [
@@ -35,8 +37,8 @@ def test_status_without_reason_and_error_statuses() -> None:
     HEAD.replace(b"Date: x", b"Content-Length: 20") + BODY,  # two lengths
     HEAD.replace(b"Content-Length: 20", b"Content-Length: +20") + BODY,
     HEAD.replace(b"Content-Length: 20", b"X-Length: 20") + BODY,  # no length: delimited otherwise
-    HEAD.replace(b"Date: x\r\n", b"Date: x\n") + BODY,  # a bare LF
-    HEAD.replace(b"Date:", b"Date :") + BODY,
+    HEAD.replace(b"Date: x\r\n", b"Date: x\nConnection: close\r\n") + BODY,  # hidden behind a bare LF
+    HEAD.replace(b"Date:", b"Connection :") + BODY,
     b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 100 Continue\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
