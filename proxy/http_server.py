@@ -31,6 +31,7 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 MAX_HEAD = 256 * 1024  # request line + headers; larger is answered 431
 MAX_QUEUED = 16  # pipelined requests waiting; reading pauses beyond this
+KEEP_ALIVE_TIMEOUT = 75.0  # an idle client connection is closed after this long (as aiohttp did)
 _log = get_logger("vramgate.http")
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
@@ -186,6 +187,7 @@ class ClientConnection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._continue_pending = False
         self.framing_chunked = False  # the response being written is chunk-encoded
+        self.idle_since = 0.0  # loop time the last answer ended (or the connection opened)
 
     # --- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -199,6 +201,7 @@ class ClientConnection(asyncio.Protocol):
             except OSError:
                 pass
         self.server.connections.add(self)
+        self.idle_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -316,6 +319,9 @@ class ClientConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             self._close()
             raise
+        except ClientGone:
+            self.abort()
+            return
         except Exception:  # noqa: BLE001 -- a bug in one request must not stop the server
             _log.exception("request.failed", method=request.method)
             self.abort()
@@ -331,6 +337,7 @@ class ClientConnection(asyncio.Protocol):
     def finished(self, request: Request) -> None:
         """The answer to ``request`` is complete: keep the connection for the next one, or close it."""
         self._busy = False
+        self.idle_since = self.loop.time()
         self._on_gone = None
         if self.closed:
             return
@@ -354,6 +361,11 @@ class ClientConnection(asyncio.Protocol):
         self._body_paused = False
         if self.transport is not None and not self.closed and not self._queue_paused:
             self.transport.resume_reading()
+
+    def close_if_idle(self, since: float) -> None:
+        """Close a connection that has had nothing to do since ``since`` (no request, or half a head)."""
+        if not self._busy and not self._queue and self.idle_since < since:
+            self._close()
 
     def stop_after_current(self) -> None:
         """Graceful shutdown: an idle connection closes now, a busy one after its answer."""
@@ -465,11 +477,20 @@ class HttpServer:
         self._server: asyncio.AbstractServer | None = None
         self._all_closed: asyncio.Future[None] | None = None
         self.port = 0
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(self, host: str, port: int) -> None:
         self._server = await self.loop.create_server(lambda: ClientConnection(self), host, port,
                                                      reuse_address=True, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = self.loop.call_later(KEEP_ALIVE_TIMEOUT / 5, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close idle keep-alive connections; one timer for all of them, not one per request."""
+        since = self.loop.time() - KEEP_ALIVE_TIMEOUT
+        for conn in list(self.connections):
+            conn.close_if_idle(since)
+        self._sweeper = self.loop.call_later(KEEP_ALIVE_TIMEOUT / 5, self._sweep)
 
     def connection_closed(self) -> None:
         if not self.connections and self._all_closed is not None and not self._all_closed.done():
@@ -477,6 +498,8 @@ class HttpServer:
 
     async def close(self, grace: float) -> None:
         """Stop accepting, let requests in flight finish for up to ``grace`` s, then cut the rest."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):

@@ -8,7 +8,9 @@ import json
 import time
 
 import aiohttp
+import pytest
 
+from tests.conftest import StartProxy
 from tests.emulator import Emulator, Fault
 
 
@@ -91,3 +93,20 @@ async def test_malformed_request_gets_400_and_close(proxy_url: str) -> None:
         writer.close()
     assert answer.startswith(b"HTTP/1.1 400") and b"Connection: close" in answer
     assert "bad request" in json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+
+
+async def test_idle_keep_alive_connections_are_closed(start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy import http_server
+
+    monkeypatch.setattr(http_server, "KEEP_ALIVE_TIMEOUT", 0.3)
+    url = await start_proxy()
+    reader, writer = await asyncio.open_connection(*_address(url))
+    idle, _ = await asyncio.open_connection(*_address(url))  # never sends a byte
+    try:
+        writer.write(b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _ = await _read_answer(reader)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(reader.read(), timeout=3) == b""  # closed by the proxy once idle
+        assert await asyncio.wait_for(idle.read(), timeout=3) == b""
+    finally:
+        writer.close()
