@@ -70,11 +70,9 @@ class Relay:
         if request.body is not None or self._admission.inspects(request.method, request.path):
             return False
         started = perf_counter()
-        conn = request.conn
 
         def on_answer(answer: UpstreamResponse | WholeAnswer | UpstreamUnreachable) -> None:
-            conn.on_gone(None)
-            self._fast_answer(request, answer, started)
+            self._fast_answer(request, answer, started)  # (finished / run_in_task drop on_gone)
 
         upstream_conn = self._pool.send_now(request.method, request.target, request_header_lines(request.headers), on_answer)
         if upstream_conn is None:
@@ -85,7 +83,7 @@ class Relay:
             upstream_conn.release(reusable=False)  # the client left: stop the upstream's work too
             self._log(request, 0, 0, started, None, "client_gone")
 
-        conn.on_gone(on_gone)
+        request.conn.on_gone(on_gone)
         return True
 
     def _fast_answer(self, request: Request, answer: UpstreamResponse | WholeAnswer | UpstreamUnreachable,
