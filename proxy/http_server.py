@@ -448,16 +448,18 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def _refuse(self, status: int, message: str) -> None:
+        """A request that cannot be parsed: answer it and close (after the answer in progress, if any)."""
         if self.transport is None or self.closed:
             return
+        self.transport.pause_reading()
+        self.closing = True
+        if self._busy or self._queue:
+            return  # an answer is still being written: writing ours now would interleave the two
         body = b'{"error":"%s"}' % message.replace('"', "'").encode("latin-1", "replace")
         self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
                              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
                              % (status, reason_for(status), len(body), body))
-        self.transport.pause_reading()
-        self.closing = True
-        if not self._busy:
-            self._close()
+        self._close()
 
 
 class _HeadTooLarge(Exception):
