@@ -30,6 +30,23 @@ def _string(text: str) -> str:
     return _encode(text)
 
 
+_quoted: dict[str, str] = {}  # method, path, client: the same few strings, encoded once
+
+
+def _cached_string(text: str) -> str:
+    quoted = _quoted.get(text)
+    if quoted is None:
+        if len(_quoted) >= 4096:
+            _quoted.clear()
+        quoted = _quoted[text] = _string(text)
+    return quoted
+
+
+_LINE = ('{"logger": "vramgate.access", "method": %s, "path": %s, "status": %d, "bytes": %d, '
+         '"duration_ms": %.3f, "upstream_ttfb_ms": %s, "client": %s, "outcome": "%s", '
+         '"event": "access", "level": "info", "timestamp": "%s"}\n')
+
+
 class AccessLog:
     def __init__(self) -> None:
         output = current()
@@ -46,18 +63,14 @@ class AccessLog:
         """``sent`` = body bytes to the client; ``duration``/``ttfb`` in seconds (ttfb: upstream headers)."""
         if not self._enabled:
             return
-        duration_ms = round(duration * 1000, 3)
-        ttfb_ms = None if ttfb is None else round(ttfb * 1000, 3)
         if self._stream is None:
-            self._log.info("access", method=method, path=path, status=status, bytes=sent, duration_ms=duration_ms,
-                           upstream_ttfb_ms=ttfb_ms, client=client, outcome=outcome)
+            self._log.info("access", method=method, path=path, status=status, bytes=sent,
+                           duration_ms=round(duration * 1000, 3),
+                           upstream_ttfb_ms=None if ttfb is None else round(ttfb * 1000, 3), client=client, outcome=outcome)
             return
-        self._pending.append(
-            '{"logger": "vramgate.access", "method": %s, "path": %s, "status": %d, "bytes": %d, '
-            '"duration_ms": %r, "upstream_ttfb_ms": %s, "client": %s, "outcome": "%s", '
-            '"event": "access", "level": "info", "timestamp": "%s"}\n'
-            % (_string(method), _string(path), status, sent, duration_ms, "null" if ttfb_ms is None else repr(ttfb_ms),
-               _string(client), outcome, self._timestamp()))
+        self._pending.append(_LINE % (
+            _cached_string(method), _cached_string(path), status, sent, duration * 1000,
+            "null" if ttfb is None else "%.3f" % (ttfb * 1000), _cached_string(client), outcome, self._timestamp()))
         if len(self._pending) >= MAX_PENDING:
             self.flush()
         elif not self._flush_pending:

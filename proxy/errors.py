@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from aiohttp import web
-
 JSON_TYPE = "application/json; charset=utf-8"
 _OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error"}
 
@@ -17,10 +15,6 @@ def error_body(path: str, message: str, status: int) -> bytes:
     else:
         payload = {"error": message}
     return json.dumps(payload, separators=(",", ":")).encode()
-
-
-def error_response(path: str, message: str, status: int) -> web.Response:
-    return web.Response(status=status, body=error_body(path, message, status), headers={"Content-Type": JSON_TYPE})
 
 
 def stream_error_line(message: str) -> bytes:

@@ -1,10 +1,12 @@
 """Which headers a proxy must not pass on (RFC 9110 §7.6.1), applied to raw header lists.
 
-Works on aiohttp's ``raw_headers`` (bytes pairs) so a request costs one pass over its headers and
-one ``b"".join`` for the upstream request head.
+Works on raw header lists as parsed ((name, value) bytes pairs, as received) so a request costs one
+pass over its headers and one ``b"".join`` for each head written.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 from multidict import CIMultiDict
 
@@ -25,7 +27,7 @@ _BODY_DROP = _REQUEST_DROP | {b"content-length"}
 _CONTENT_TYPE = b"content-type"
 
 
-def _connection_tokens(raw: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+def _connection_tokens(raw: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Header names listed in Connection (they are hop-by-hop too)."""
     tokens: set[bytes] = set()
     for name, value in raw:
@@ -34,7 +36,7 @@ def _connection_tokens(raw: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, 
     return frozenset(tokens)
 
 
-def request_header_lines(raw: tuple[tuple[bytes, bytes], ...], *, body_replaced: bool = False) -> list[bytes]:
+def request_header_lines(raw: Sequence[tuple[bytes, bytes]], *, body_replaced: bool = False) -> list[bytes]:
     """``b"Name: value\\r\\n"`` lines to send upstream; without Content-Length when the body is replaced."""
     drop = _BODY_DROP if body_replaced else _REQUEST_DROP
     lines = []
@@ -51,9 +53,10 @@ def request_header_lines(raw: tuple[tuple[bytes, bytes], ...], *, body_replaced:
     return lines
 
 
-def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[CIMultiDict[str], bytes]:
-    """End-to-end response headers for the client, and the Content-Type (lower-case bytes, b"" if none)."""
-    kept = []
+def response_header_lines(raw: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+    """End-to-end response header lines for the client (one byte string), and the Content-Type
+    (lower-case, b"" if none). Framing (Content-Length) passes as the upstream sent it."""
+    lines = []
     content_type = b""
     named = False
     for name, value in raw:
@@ -63,8 +66,21 @@ def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[CIMultiDict[str], 
             continue
         if lower == _CONTENT_TYPE:
             content_type = value.lower()
-        kept.append((name.decode("latin-1"), value.decode("latin-1")))
+        lines.append(name + b": " + value + b"\r\n")
     if named:
         extra = _connection_tokens(raw)
-        kept = [(k, v) for k, v in kept if k.lower().encode("latin-1") not in extra]
-    return CIMultiDict(kept), content_type
+        lines = [line for line in lines if line.split(b":", 1)[0].lower() not in extra]
+    return b"".join(lines), content_type
+
+
+def with_headers(lines: bytes, extra: Mapping[str, str]) -> bytes:
+    """``lines`` with ``extra`` set (replacing any header of the same name)."""
+    names = {name.lower().encode("latin-1") for name in extra}
+    kept = [line for line in lines.split(b"\r\n") if line and line.split(b":", 1)[0].lower() not in names]
+    added = [f"{name}: {value}".encode("latin-1") for name, value in extra.items()]
+    return b"".join(line + b"\r\n" for line in kept + added)
+
+
+def header_map(raw: Sequence[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    """A case-insensitive view of raw headers, for the rare callers that look headers up by name."""
+    return CIMultiDict((name.decode("latin-1"), value.decode("latin-1")) for name, value in raw)

@@ -1,6 +1,6 @@
-"""The aiohttp application and the ``serve`` command: one listener, one pooled upstream session.
+"""The proxy's process shell: one listener, one upstream pool, the admission and its lifecycle.
 
-``create_app`` is what tests start (with an admission of their choosing); ``run`` is the process
+``start_server`` is what tests start (with an admission of their choosing); ``run`` is the process
 entry point: logging, the fit gate when it is installed, signals and a bounded graceful drain.
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from proxy.access_log import AccessLog
 from proxy.admission import Admission, PassThrough
+from proxy.http_server import HttpServer
 from proxy.logging_setup import configure_logging, get_logger
 from proxy.relay import Relay
 from proxy.settings import Settings
@@ -24,54 +24,75 @@ from proxy.upstream import UpstreamPool
 
 AdmissionFactory = Callable[[Settings, aiohttp.ClientSession], Admission]
 
-SESSION_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream_session", aiohttp.ClientSession)
-ADMISSION_KEY: web.AppKey[Any] = web.AppKey("admission", object)
-SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings", Settings)
+
+class RunningProxy:
+    """A started proxy: ``port`` it listens on, ``url``, and ``close()`` (drains for shutdown_grace)."""
+
+    def __init__(self, server: HttpServer, host: str, admission: Any, pool: UpstreamPool,
+                 session: aiohttp.ClientSession, access: AccessLog, grace: float) -> None:
+        self.server = server
+        self.port = server.port
+        self.url = f"http://{host}:{server.port}"
+        self.admission = admission
+        self._pool = pool
+        self._session = session
+        self._access = access
+        self._grace = grace
+
+    async def close(self) -> None:
+        """Stop accepting, let requests in flight finish (bounded), then release everything."""
+        try:
+            await self.server.close(self._grace)
+        finally:
+            await _release(self.admission, self._pool, self._session, self._access)
 
 
-def create_app(
+async def start_server(
     settings: Settings,
     admission: Admission | None = None,
     *,
     admission_factory: AdmissionFactory | None = None,
-) -> web.Application:
-    """The proxy as an aiohttp app. ``admission`` wins over ``admission_factory``; neither = pass-through.
+    host: str | None = None,
+    port: int | None = None,
+) -> RunningProxy:
+    """Start the proxy on ``settings.listen`` (or host/port). ``admission`` wins over ``admission_factory``;
+    neither = pass-through. Raises OSError when the address cannot be bound.
 
-    ``admission_factory(settings, session)`` is called at start-up with the shared upstream session
-    (the fit gate needs it for its own calls to Ollama). An admission may have ``async start()`` /
-    ``async close()``; they run at app start-up and clean-up.
+    ``admission_factory(settings, session)`` is called with a shared aiohttp session (the fit gate
+    needs one for its own calls to Ollama; the relay has its own lean pool). An admission may have
+    ``async start()`` / ``async close()``; they run here and at ``close()``.
     """
+    listen_host, listen_port = settings.listen_address
+    host = listen_host if host is None else host
+    port = listen_port if port is None else port
     pool = UpstreamPool(settings.upstream, connect_timeout=settings.connect_timeout,
                         read_timeout=settings.read_timeout)
     access = AccessLog()
+    session = new_upstream_session(settings)
+    chosen: Any = admission
+    if chosen is None:
+        chosen = admission_factory(settings, session) if admission_factory is not None else PassThrough()
     relay = Relay(pool, PassThrough(), access)
-    app = web.Application(handler_args={"max_field_size": 65536})
-    app[SETTINGS_KEY] = settings
+    server = HttpServer(relay.handle, relay.try_fast)
+    try:
+        if callable(getattr(chosen, "start", None)):
+            await chosen.start()
+        relay.attach(chosen)
+        await server.listen(host, port)
+    except BaseException:
+        await _release(chosen, pool, session, access)
+        raise
+    return RunningProxy(server, host, chosen, pool, session, access, settings.shutdown_grace)
 
-    async def upstream_context(app: web.Application) -> AsyncIterator[None]:
-        session = new_upstream_session(settings)
-        chosen: Any = admission
-        if chosen is None:
-            chosen = admission_factory(settings, session) if admission_factory is not None else PassThrough()
-        app[SESSION_KEY] = session
-        app[ADMISSION_KEY] = chosen
-        try:
-            if callable(getattr(chosen, "start", None)):
-                await chosen.start()
-            relay.attach(chosen)
-            yield
-        finally:
-            try:
-                if callable(getattr(chosen, "close", None)):
-                    await chosen.close()
-            finally:
-                await pool.close()
-                await session.close()
-                access.flush()
 
-    app.cleanup_ctx.append(upstream_context)
-    app.router.add_route("*", "/{tail:.*}", relay.handle)
-    return app
+async def _release(admission: Any, pool: UpstreamPool, session: aiohttp.ClientSession, access: AccessLog) -> None:
+    try:
+        if callable(getattr(admission, "close", None)):
+            await admission.close()
+    finally:
+        await pool.close()
+        await session.close()
+        access.flush()
 
 
 def new_upstream_session(settings: Settings) -> aiohttp.ClientSession:
@@ -81,11 +102,6 @@ def new_upstream_session(settings: Settings) -> aiohttp.ClientSession:
                                     sock_read=settings.read_timeout or None)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                  cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
-
-
-def make_runner(app: web.Application, shutdown_grace: float) -> web.AppRunner:
-    """Handler cancellation on: a client that goes away cancels its upstream request at once."""
-    return web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_grace)
 
 
 def gate_factory() -> AdmissionFactory | None:
@@ -118,21 +134,15 @@ def _install_uvloop() -> None:
 async def _serve(settings: Settings) -> int:
     log = get_logger("vramgate")
     factory = gate_factory()
-    app = create_app(settings, admission_factory=factory)
-    runner = make_runner(app, settings.shutdown_grace)
-    await runner.setup()
-    host, port = settings.listen_address
-    site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
-        await site.start()
+        running = await start_server(settings, admission_factory=factory)
     except OSError as exc:
         log.error("cannot listen", listen=settings.listen, error=str(exc))
-        await runner.cleanup()
         return 1
-    bound = runner.addresses[0][1] if runner.addresses else port
     gc.collect()
     gc.freeze()  # start-up objects (modules, settings, gate tables) are never garbage: stop rescanning them
-    log.info("vramgate started", listen=f"{host}:{bound}", upstream=settings.upstream,
+    host, _ = settings.listen_address
+    log.info("vramgate started", listen=f"{host}:{running.port}", upstream=settings.upstream,
              gate="fit" if factory is not None else "pass-through", event_loop=type(asyncio.get_running_loop()).__module__)
 
     stop = asyncio.Event()
@@ -143,6 +153,6 @@ async def _serve(settings: Settings) -> int:
     log.info("vramgate stopping", grace_s=settings.shutdown_grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
-    await runner.cleanup()  # stops accepting, waits up to shutdown_grace for in-flight requests
+    await running.close()  # stops accepting, waits up to shutdown_grace for in-flight requests
     log.info("vramgate stopped")
     return 0

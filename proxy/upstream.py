@@ -16,10 +16,12 @@ import asyncio
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import httptools
+
+from proxy.whole_answer import WholeAnswer, split_whole_answer
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -28,6 +30,13 @@ MAX_IDLE = 64
 
 class UpstreamUnreachable(Exception):
     """No response could be had: refused, unreachable, timed out, or closed before answering."""
+
+
+AnswerListener = Callable[["UpstreamResponse | WholeAnswer | UpstreamUnreachable"], None]
+
+
+class UpstreamClosedIdle(UpstreamUnreachable):
+    """A kept-alive connection the upstream had closed before it sent a byte: safe to retry on a fresh one."""
 
 
 class UpstreamNoAnswer(UpstreamUnreachable):
@@ -161,6 +170,9 @@ class _Connection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self.got_bytes = False
+        # the fast path's listener instead of a headers future: called once, with the response
+        # (its headers arrived; the body may be complete too) or the reason there is none
+        self.on_answer: AnswerListener | None = None
 
     # --- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -174,6 +186,14 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self.on_answer is not None and self.response is None and not self.head_request:
+            whole = split_whole_answer(data)
+            if whole is not None:  # the common small answer: no parser callbacks needed
+                on_answer, self.on_answer = self.on_answer, None
+                self.keep_alive = True  # HTTP/1.1 without a Connection header
+                self.release(reusable=True)
+                on_answer(whole)
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -182,11 +202,18 @@ class _Connection(asyncio.Protocol):
             # a HEAD answer has no body whatever its Content-Length says; never reuse this one
             self.keep_alive = False
             self.response._finish()
+        if self.on_answer is not None and self.response is not None:
+            on_answer, self.on_answer = self.on_answer, None
+            on_answer(self.response)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
         error = exc or ConnectionResetError("the upstream closed the connection")
+        if self.on_answer is not None:
+            on_answer, self.on_answer = self.on_answer, None
+            kind = UpstreamUnreachable if self.got_bytes else UpstreamClosedIdle
+            on_answer(kind(f"the upstream closed the connection before answering ({error})"))
         waiter = self._headers_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(UpstreamUnreachable(f"the upstream closed the connection before answering ({error})"))
@@ -210,18 +237,13 @@ class _Connection(asyncio.Protocol):
             drain.set_result(None)
 
     # --- httptools callbacks ----------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if self._headers_waiter is None:  # bytes nobody asked for: this connection is unusable
+    # (no on_message_begin: a call per response saved; the state is reset after each head instead)
+    def on_status(self, status: bytes) -> None:
+        if self._headers_waiter is None and self.on_answer is None:  # bytes nobody asked for: this connection is unusable
             self.keep_alive = False
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
-        self._headers = []
-        self._reason = b""
-        self._length: int | None = None
-        self._chunked = False
-
-    def on_status(self, status: bytes) -> None:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -240,10 +262,16 @@ class _Connection(asyncio.Protocol):
         parser = self.parser
         status = parser.get_status_code()
         if 100 <= status < 200:
+            self._headers = []
+            self._reason = b""
             return  # interim answer; the real one follows
         self.keep_alive = parser.should_keep_alive()
         response = UpstreamResponse(self, status, self._reason.decode("latin-1"), self._headers, self._chunked,
                                     self._length, self.pool.read_timeout)
+        self._headers = []
+        self._reason = b""
+        self._length = None
+        self._chunked = False
         self.response = response
         waiter = self._headers_waiter
         if waiter is not None and not waiter.done():
@@ -279,6 +307,7 @@ class _Connection(asyncio.Protocol):
         if reusable and self.keep_alive and not self.closed and not self.head_request:
             self.response = None
             self._headers_waiter = None
+            self.on_answer = None
             self.got_bytes = False
             self.pool.put_back(self)
         else:
@@ -295,6 +324,11 @@ class _Connection(asyncio.Protocol):
                 self._drain_waiter = None
         if self.closed:
             raise ConnectionResetError("the upstream closed the connection")
+
+    def start_with(self, head_request: bool, on_answer: AnswerListener) -> None:
+        self.head_request = head_request
+        self.response = None
+        self.on_answer = on_answer
 
     def start(self, head_request: bool) -> asyncio.Future[UpstreamResponse]:
         self.head_request = head_request
@@ -340,6 +374,20 @@ class UpstreamPool:
             self._idle.remove(conn)
         except ValueError:
             pass
+
+    def send_now(self, method: str, target: bytes, headers: list[bytes],
+                 on_answer: AnswerListener) -> _Connection | None:
+        """Fast path for a body-less request: written at once on an idle kept-alive connection, the
+        answer reported to ``on_answer`` from the connection's callbacks (no future, no task).
+        None when no connection is idle or a read timeout applies (``request`` handles those)."""
+        if not self._idle or self.read_timeout:
+            return None
+        conn = self._idle.pop()
+        conn.start_with(method == "HEAD", on_answer)
+        assert conn.transport is not None
+        conn.transport.write(b"".join([method.encode(), b" ", self.prefix, target, b" HTTP/1.1\r\nHost: ",
+                                       self.host_header, b"\r\n", *headers, b"\r\n"]))
+        return conn
 
     async def _connect(self) -> _Connection:
         loop = self.loop

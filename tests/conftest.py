@@ -14,7 +14,7 @@ import pytest
 
 from proxy.admission import Admission
 from proxy.logging_setup import configure_logging
-from proxy.server import AdmissionFactory, create_app, make_runner
+from proxy.server import AdmissionFactory, RunningProxy, start_server
 from proxy.settings import Settings, load_settings
 from tests.emulator import Emulator, Running, serve
 
@@ -49,7 +49,7 @@ async def emulator_url(emulator_server: Running) -> str:
 @pytest.fixture
 async def start_proxy(emulator_url: str) -> AsyncIterator[StartProxy]:
     """Start a proxy; returns its base URL. Defaults: upstream = the emulator, pass-through."""
-    started: list[Running] = []
+    started: list[RunningProxy] = []
 
     async def start(
         *,
@@ -59,15 +59,7 @@ async def start_proxy(emulator_url: str) -> AsyncIterator[StartProxy]:
         **settings: Any,
     ) -> str:
         config = proxy_settings(upstream or emulator_url, **settings)
-        app = create_app(config, admission, admission_factory=admission_factory)
-        runner = make_runner(app, config.shutdown_grace)
-        await runner.setup()
-        from aiohttp import web
-
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        running = Running(runner, f"http://127.0.0.1:{port}", port)
+        running = await start_server(config, admission, admission_factory=admission_factory)
         started.append(running)
         return running.url
 
