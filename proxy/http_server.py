@@ -6,7 +6,7 @@ and on loopback that work was most of what vramgate added to a request. This mod
 (``HttpRequestParser`` callbacks), queues requests per connection (pipelining-safe: answered in
 order, one at a time) and writes what the relay gives it, with flow control both ways:
 
-- request bodies: reading pauses while more than ``HIGH_WATER`` bytes wait for the upstream;
+- request bodies: reading pauses while too much waits for the upstream (``proxy.chunk_queue``);
 - responses: ``write`` waits (``drain``) while the client's socket buffer is full.
 
 A client that goes away cancels the request being served (``connection_lost``), so the relay
@@ -25,10 +25,9 @@ from urllib.parse import unquote
 
 import httptools
 
+from proxy.chunk_queue import ChunkQueue
 from proxy.logging_setup import get_logger
 
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 MAX_HEAD = 256 * 1024  # request line + headers; larger is answered 431
 MAX_QUEUED = 16  # pipelined requests waiting; reading pauses beyond this
 KEEP_ALIVE_TIMEOUT = 75.0  # an idle client connection is closed after this long (as aiohttp did)
@@ -45,18 +44,14 @@ class ClientGone(Exception):
     """The client's connection is closed: nothing more can be sent to it."""
 
 
-class RequestBody:
+class RequestBody(ChunkQueue):
     """The request body as the client sends it, read chunk by chunk (``read`` -> b"" at the end)."""
 
-    __slots__ = ("_buffered", "_chunks", "_complete", "_conn", "_paused", "_waiter")
+    __slots__ = ("_conn",)
 
     def __init__(self, conn: ClientConnection) -> None:
+        super().__init__()
         self._conn = conn
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._complete = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._paused = False
 
     @property
     def complete(self) -> bool:
@@ -64,22 +59,13 @@ class RequestBody:
         return self._complete and not self._chunks
 
     async def read(self) -> bytes:
-        while not self._chunks:
+        while (chunk := self._pop()) is None:
             if self._complete:
                 return b""
             if self._conn.closed:
                 raise ClientGone("the client closed the connection during the request body")
             self._conn.expect_continue()
-            self._waiter = self._conn.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        if self._paused and self._buffered <= LOW_WATER:
-            self._paused = False
-            self._conn.resume_body()
+            await self._wait(self._conn.loop)
         return chunk
 
     def __aiter__(self) -> RequestBody:
@@ -92,22 +78,11 @@ class RequestBody:
         return chunk
 
     # --- fed by the connection ------------------------------------------------------------
-    def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > HIGH_WATER and not self._paused:
-            self._paused = True
-            self._conn.pause_body()
-        self._wake()
+    def _pause_producer(self) -> None:
+        self._conn.pause_body()
 
-    def _finish(self) -> None:
-        self._complete = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _resume_producer(self) -> None:
+        self._conn.resume_body()
 
 
 class Request:

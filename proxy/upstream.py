@@ -7,7 +7,7 @@ the request head as one byte string from the client's raw headers, parses respon
 ``httptools`` (llhttp, C) and hands body chunks over exactly as they arrive.
 
 Flow control both ways: request bodies are written with drain (``pause_writing``), and response
-reading pauses when the client is slower than the upstream (more than ``HIGH_WATER`` buffered).
+reading pauses when the client is slower than the upstream (``proxy.chunk_queue``).
 """
 
 from __future__ import annotations
@@ -15,16 +15,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import httptools
 
+from proxy.chunk_queue import ChunkQueue
 from proxy.whole_answer import WholeAnswer, split_whole_answer
 
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 MAX_IDLE = 64
 
 
@@ -51,11 +49,11 @@ class UpstreamTimeout(UpstreamBodyError):
     """No byte from the upstream for read_timeout seconds."""
 
 
-class UpstreamResponse:
+class UpstreamResponse(ChunkQueue):
     """Status, headers and a body read chunk by chunk; ``close()`` when done (always)."""
 
-    __slots__ = ("status", "reason", "headers", "chunked", "content_length", "_conn", "_chunks", "_buffered",
-                 "_waiter", "_complete", "_error", "_read_paused", "_released", "_read_timeout")
+    __slots__ = ("status", "reason", "headers", "chunked", "content_length", "_conn", "_error", "_released",
+                 "_read_timeout")
 
     def __init__(self, conn: _Connection, status: int, reason: str, headers: list[tuple[bytes, bytes]],
                  chunked: bool, content_length: int | None, read_timeout: float | None) -> None:
@@ -64,13 +62,9 @@ class UpstreamResponse:
         self.headers = headers  # raw (name, value) pairs as received
         self.chunked = chunked
         self.content_length = content_length
+        super().__init__()
         self._conn = conn
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._complete = False
         self._error: BaseException | None = None
-        self._read_paused = False
         self._released = False
         self._read_timeout = read_timeout
 
@@ -83,27 +77,18 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The next body chunk as it arrived; b"" at the end. Raises UpstreamBodyError if cut off."""
-        while not self._chunks:
+        while (chunk := self._pop()) is None:
             if self._complete:
                 return b""
             if self._error is not None:
                 raise UpstreamBodyError(str(self._error) or "the upstream closed the connection") from self._error
-            self._waiter = self._conn.loop.create_future()
-            try:
-                if self._read_timeout:
-                    try:
-                        await asyncio.wait_for(self._waiter, self._read_timeout)
-                    except TimeoutError:
-                        raise UpstreamTimeout(f"no data from the upstream for {self._read_timeout:g} s") from None
-                else:
-                    await self._waiter
-            finally:
-                self._waiter = None
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        if self._read_paused and self._buffered <= LOW_WATER:
-            self._read_paused = False
-            self._conn.resume_reading()
+            if self._read_timeout:
+                try:
+                    await asyncio.wait_for(self._wait(self._conn.loop), self._read_timeout)
+                except TimeoutError:
+                    raise UpstreamTimeout(f"no data from the upstream for {self._read_timeout:g} s") from None
+            else:
+                await self._wait(self._conn.loop)
         return chunk
 
     def body_if_complete(self) -> bytes | None:
@@ -127,27 +112,16 @@ class UpstreamResponse:
         self._conn.release(reusable=self._complete and not self._chunks)
 
     # --- fed by the connection ------------------------------------------------------------
-    def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > HIGH_WATER and not self._read_paused:
-            self._read_paused = True
-            self._conn.pause_reading()
-        self._wake()
+    def _pause_producer(self) -> None:
+        self._conn.pause_reading()
 
-    def _finish(self) -> None:
-        self._complete = True
-        self._wake()
+    def _resume_producer(self) -> None:
+        self._conn.resume_reading()
 
     def _fail(self, exc: BaseException) -> None:
         if not self._complete:
             self._error = exc
         self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
 
 class _Connection(asyncio.Protocol):
