@@ -585,6 +585,28 @@ def lfm2(size: str) -> ModelSpec:
     return b.spec(f"lfm2-{size}", n_vocab, n_ctx)
 
 
+def _mamba2_keys(b: _Builder, d_conv: int, d_inner: int, d_state: int, n_ssm_head: int, n_group: int) -> None:
+    b.key("ssm.conv_kernel", d_conv)
+    b.key("ssm.inner_size", d_inner)
+    b.key("ssm.state_size", d_state)
+    b.key("ssm.time_step_rank", n_ssm_head)
+    b.key("ssm.group_count", n_group)
+
+
+def _mamba2_layer(b: _Builder, p: str, n_embd: int, d_conv: int, d_inner: int, d_state: int, n_ssm_head: int,
+                  n_group: int) -> None:
+    """The tensors of one Mamba2 layer, as llama.cpp's hybrid architectures name them."""
+    conv_dim = d_inner + 2 * n_group * d_state
+    b.weight(p + "ssm_in.weight", n_embd, 2 * d_inner + 2 * n_group * d_state + n_ssm_head)
+    b.weight(p + "ssm_conv1d.weight", d_conv, conv_dim, qtype=F32)
+    b.weight(p + "ssm_conv1d.bias", conv_dim)
+    b.weight(p + "ssm_dt.bias", n_ssm_head)
+    b.weight(p + "ssm_a", 1, n_ssm_head, qtype=F32)  # no ".weight" suffix in llama.cpp
+    b.weight(p + "ssm_d", 1, n_ssm_head, qtype=F32)
+    b.weight(p + "ssm_norm.weight", d_inner // n_group, n_group, qtype=F32)
+    b.weight(p + "ssm_out.weight", d_inner, n_embd)
+
+
 def granitehybrid(size: str) -> ModelSpec:
     """Granite-4.0-H-Micro-like hybrid: Mamba2 SSM layers (conv + SSM state) and a few GQA layers."""
     real = size == "real"
@@ -602,28 +624,16 @@ def granitehybrid(size: str) -> ModelSpec:
     head = n_embd // n_head
     b = _Builder("granitehybrid", sparse=real)
     _common(b, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=kv)
-    b.key("ssm.conv_kernel", d_conv)
-    b.key("ssm.inner_size", d_inner)
-    b.key("ssm.state_size", d_state)
-    b.key("ssm.time_step_rank", n_ssm_head)
-    b.key("ssm.group_count", n_group)
+    _mamba2_keys(b, d_conv, d_inner, d_state, n_ssm_head, n_group)
     b.key("rope.freq_base", 10000.0)
     _embed_and_output(b, n_embd, n_vocab, tied=True)
-    conv_dim = d_inner + 2 * n_group * d_state
     for i, n_kv in enumerate(kv):
         p = f"blk.{i}."
         b.weight(p + "attn_norm.weight", n_embd)
         if n_kv:
             _attn_qkvo(b, i, n_embd, n_head * head, n_kv * head)
         else:
-            b.weight(p + "ssm_in.weight", n_embd, 2 * d_inner + 2 * n_group * d_state + n_ssm_head)
-            b.weight(p + "ssm_conv1d.weight", d_conv, conv_dim, qtype=F32)
-            b.weight(p + "ssm_conv1d.bias", conv_dim)
-            b.weight(p + "ssm_dt.bias", n_ssm_head)
-            b.weight(p + "ssm_a", 1, n_ssm_head, qtype=F32)  # no ".weight" suffix in llama.cpp
-            b.weight(p + "ssm_d", 1, n_ssm_head, qtype=F32)
-            b.weight(p + "ssm_norm.weight", d_inner // n_group, n_group, qtype=F32)
-            b.weight(p + "ssm_out.weight", d_inner, n_embd)
+            _mamba2_layer(b, p, n_embd, d_conv, d_inner, d_state, n_ssm_head, n_group)
         b.weight(p + "ffn_norm.weight", n_embd)
         _ffn(b, i, n_embd, n_ff)
     return b.spec(f"granitehybrid-{size}", n_vocab, n_ctx)
@@ -713,26 +723,14 @@ def nemotron_h(size: str) -> ModelSpec:
     b = _Builder("nemotron_h", sparse=real)
     _common(b, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_ff=ff, n_head=n_head, n_head_kv=kv, rms=False)
     b.key("attention.layer_norm_rms_epsilon", 1e-5)
-    b.key("ssm.conv_kernel", d_conv)
-    b.key("ssm.inner_size", d_inner)
-    b.key("ssm.state_size", d_state)
-    b.key("ssm.time_step_rank", n_ssm_head)
-    b.key("ssm.group_count", n_group)
+    _mamba2_keys(b, d_conv, d_inner, d_state, n_ssm_head, n_group)
     b.key("rope.freq_base", 10000.0)
     _embed_and_output(b, n_embd, n_vocab, tied=False)
-    conv_dim = d_inner + 2 * n_group * d_state
     for i, kind in enumerate(kinds):
         p = f"blk.{i}."
         b.weight(p + "attn_norm.weight", n_embd)
         if kind == "M":
-            b.weight(p + "ssm_in.weight", n_embd, 2 * d_inner + 2 * n_group * d_state + n_ssm_head)
-            b.weight(p + "ssm_conv1d.weight", d_conv, conv_dim, qtype=F32)
-            b.weight(p + "ssm_conv1d.bias", conv_dim)
-            b.weight(p + "ssm_dt.bias", n_ssm_head)
-            b.weight(p + "ssm_a", 1, n_ssm_head, qtype=F32)
-            b.weight(p + "ssm_d", 1, n_ssm_head, qtype=F32)
-            b.weight(p + "ssm_norm.weight", d_inner // n_group, n_group, qtype=F32)
-            b.weight(p + "ssm_out.weight", d_inner, n_embd)
+            _mamba2_layer(b, p, n_embd, d_conv, d_inner, d_state, n_ssm_head, n_group)
         elif kind == "A":
             _attn_qkvo(b, i, n_embd, n_head * head, n_kv * head)
         else:
