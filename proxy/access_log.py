@@ -2,14 +2,13 @@
 
 With JSON output (the default) the line is written directly in the same shape structlog's
 JSONRenderer gives (logger, fields, event, level, timestamp): a full structlog processor chain
-costs ~14 us per request, a third of what vramgate may add to a request in total. Lines are
-gathered and written together at most a quarter second later (or every 256 lines). Console
-output goes through structlog as usual.
+costs ~14 us per request, a third of what vramgate may add to a request in total. Each line is
+written when the request ends, so it appears in order with the decision events logged around it.
+Console output goes through structlog as usual.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -18,8 +17,6 @@ from typing import Any
 
 from proxy.logging_setup import current, get_logger
 
-FLUSH_DELAY = 0.25
-MAX_PENDING = 256
 _encode = json.JSONEncoder(separators=(", ", ": ")).encode
 
 
@@ -53,8 +50,6 @@ class AccessLog:
         self._enabled = output.level <= logging.INFO
         self._stream = output.stream if output.json else None
         self._log: Any = get_logger("vramgate.access")
-        self._flush_pending = False
-        self._pending: list[str] = []
         self._stamp_second = -1
         self._stamp_prefix = ""
 
@@ -68,17 +63,14 @@ class AccessLog:
                            duration_ms=round(duration * 1000, 3),
                            upstream_ttfb_ms=None if ttfb is None else round(ttfb * 1000, 3), client=client, outcome=outcome)
             return
-        self._pending.append(_LINE % (
+        line = _LINE % (
             _cached_string(method), _cached_string(path), status, sent, duration * 1000,
-            "null" if ttfb is None else "%.3f" % (ttfb * 1000), _cached_string(client), outcome, self._timestamp()))
-        if len(self._pending) >= MAX_PENDING:
-            self.flush()
-        elif not self._flush_pending:
-            self._flush_pending = True
-            try:
-                asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
-            except RuntimeError:
-                self.flush()
+            "null" if ttfb is None else "%.3f" % (ttfb * 1000), _cached_string(client), outcome, self._timestamp())
+        try:
+            self._stream.write(line)  # one line at a time: in order with the decision events around it
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def _timestamp(self) -> str:
         """``2026-11-24T21:56:18.731275Z`` like structlog's TimeStamper(fmt="iso", utc=True)."""
@@ -88,15 +80,3 @@ class AccessLog:
             self._stamp_second = second
             self._stamp_prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         return "%s.%06dZ" % (self._stamp_prefix, int((now - second) * 1e6))
-
-    def flush(self) -> None:
-        """Write the lines gathered so far in one go (a write per request would cost a syscall each)."""
-        self._flush_pending = False
-        if self._stream is None or not self._pending:
-            return
-        lines, self._pending = "".join(self._pending), []
-        try:
-            self._stream.write(lines)
-            self._stream.flush()
-        except (OSError, ValueError):
-            pass

@@ -1,7 +1,12 @@
-"""The proxy's process shell: one listener, one upstream pool, the admission and its lifecycle.
+"""The proxy's process shell: aiohttp's server in front, one aiohttp client session to Ollama.
 
 ``start_server`` is what tests start (with an admission of their choosing); ``run`` is the process
-entry point: logging, the fit gate when it is installed, signals and a bounded graceful drain.
+entry point: logging, the fit gate (built at start, or vramgate exits saying why: it never
+degrades to a pass-through), signals and a bounded graceful drain.
+
+The limits a client can hit before the relay sees a request (request line, header size and count,
+keep-alive idle) are aiohttp's parser limits, set from the settings; a breach is answered in
+Ollama's JSON shape (431 for an oversized head, as Go's server does) by ``_Protocol.handle_error``.
 """
 
 from __future__ import annotations
@@ -9,42 +14,76 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from proxy.access_log import AccessLog
 from proxy.admission import Admission, PassThrough
-from proxy.http_server import HttpServer
+from proxy.errors import JSON_TYPE, error_body
+from proxy.gate import build_admission  # part of vramgate: an import error is a crash, never a mode
 from proxy.logging_setup import configure_logging, get_logger
 from proxy.relay import Relay
 from proxy.settings import Settings
-from proxy.upstream import UpstreamPool
 
 AdmissionFactory = Callable[[Settings, aiohttp.ClientSession], Admission]
+_log = get_logger("vramgate.http")
+
+
+class GateStartError(Exception):
+    """The admission (the fit gate) could not start: vramgate exits with this one line."""
+
+
+class _Protocol(RequestHandler):
+    """aiohttp's per-connection handler, answering malformed requests in Ollama's JSON shape."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer had started; the connection is closed instead")
+        if isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)):
+            status, text = 431, "request header fields too large"
+        elif status == 500:
+            _log.error("request.failed", exc_info=exc)
+            text = "vramgate failed on this request (see its log)"
+        else:
+            detail = str(getattr(exc, "message", None) or message or "").strip().splitlines()
+            text = "bad request: malformed HTTP" + (f" ({detail[0].rstrip(':')})" if detail else "")
+        _log.info("request.malformed", status=status, error=str(getattr(exc, "message", exc)), client=request.remote)
+        response = web.Response(status=status, body=error_body("/", text, status), headers={"Content-Type": JSON_TYPE})
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Protocol(self, loop=self._loop, **self._kwargs)
 
 
 class RunningProxy:
     """A started proxy: ``port`` it listens on, ``url``, and ``close()`` (drains for shutdown_grace)."""
 
-    def __init__(self, server: HttpServer, host: str, admission: Any, pool: UpstreamPool,
-                 session: aiohttp.ClientSession, access: AccessLog, grace: float) -> None:
-        self.server = server
-        self.port = server.port
-        self.url = f"http://{host}:{server.port}"
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, admission: Any,
+                 session: aiohttp.ClientSession, access: AccessLog) -> None:
+        self.port = port
+        self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         self.admission = admission
-        self._pool = pool
+        self._runner = runner
         self._session = session
         self._access = access
-        self._grace = grace
 
     async def close(self) -> None:
         """Stop accepting, let requests in flight finish (bounded), then release everything."""
         try:
-            await self.server.close(self._grace)
+            await self._runner.cleanup()
         finally:
-            await _release(self.admission, self._pool, self._session, self._access)
+            await _release(self.admission, self._session, self._access)
 
 
 async def start_server(
@@ -56,61 +95,73 @@ async def start_server(
     port: int | None = None,
 ) -> RunningProxy:
     """Start the proxy on ``settings.listen`` (or host/port). ``admission`` wins over ``admission_factory``;
-    neither = pass-through. Raises OSError when the address cannot be bound.
-
-    ``admission_factory(settings, session)`` is called with a shared aiohttp session (the fit gate
-    needs one for its own calls to Ollama; the relay has its own lean pool). An admission may have
-    ``async start()`` / ``async close()``; they run here and at ``close()``.
+    neither = pass-through. Raises OSError when the address cannot be bound; whatever the
+    admission's ``start()`` raises propagates (the caller decides to exit).
     """
     listen_host, listen_port = settings.listen_address
     host = listen_host if host is None else host
     port = listen_port if port is None else port
-    pool = UpstreamPool(settings.upstream, connect_timeout=settings.connect_timeout,
-                        read_timeout=settings.read_timeout)
     access = AccessLog()
     session = new_upstream_session(settings)
     chosen: Any = admission
     if chosen is None:
         chosen = admission_factory(settings, session) if admission_factory is not None else PassThrough()
-    relay = Relay(pool, PassThrough(), access)
-    server = HttpServer(relay.handle, relay.try_fast)
+    relay = Relay(settings, session, access)
+    server = _Server(
+        relay.handle,
+        handler_cancellation=True,  # a client that leaves cancels its request, closing the upstream one
+        access_log=None,  # vramgate's own access log (proxy.access_log) has the fields that matter
+        keepalive_timeout=settings.keep_alive_timeout,
+        max_line_size=settings.max_request_line,
+        max_field_size=settings.max_header_size,
+        max_headers=settings.max_headers,
+        lingering_time=5.0,  # read what a refused client still sends, so it sees the answer (no reset)
+    )
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=settings.shutdown_grace)
+    # Bind first (a busy port is one clear error), but serve only once the admission is ready:
+    # connections wait in the kernel's backlog meanwhile, so nothing is ever relayed unjudged.
+    sock = _bind(host, port)
     try:
         if callable(getattr(chosen, "start", None)):
-            await chosen.start()
+            try:
+                await chosen.start()
+            except Exception as exc:
+                raise GateStartError(f"cannot start the fit gate: {type(exc).__name__}: {exc}") from exc
         relay.attach(chosen)
-        await server.listen(host, port)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
     except BaseException:
-        await _release(chosen, pool, session, access)
+        sock.close()
+        await runner.cleanup()
+        await _release(chosen, session, access)
         raise
-    return RunningProxy(server, host, chosen, pool, session, access, settings.shutdown_grace)
+    bound_port = sock.getsockname()[1]
+    return RunningProxy(runner, host, bound_port, chosen, session, access)
 
 
-async def _release(admission: Any, pool: UpstreamPool, session: aiohttp.ClientSession, access: AccessLog) -> None:
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host.strip("[]"), port), family=family, backlog=1024)
+
+
+async def _release(admission: Any, session: aiohttp.ClientSession, access: AccessLog) -> None:
     try:
         if callable(getattr(admission, "close", None)):
             await admission.close()
     finally:
-        await pool.close()
         await session.close()
-        access.flush()
 
 
 def new_upstream_session(settings: Settings) -> aiohttp.ClientSession:
-    """The session the admission uses for its own calls to Ollama (the relay has its own pool)."""
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30, enable_cleanup_closed=False)
+    """The one session every call to Ollama goes through: the relay's, the gate's, the registry's."""
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
                                     sock_read=settings.read_timeout or None)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
-
-
-def gate_factory() -> AdmissionFactory | None:
-    """The fit gate's builder when the gate module is installed, else None (pass-through)."""
-    try:
-        from proxy.gate import build_admission  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return build_admission  # type: ignore[no-any-return]
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False, raise_for_status=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # shared by every client: never keep one client's cookies
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),  # the client's own, as sent
+    )
 
 
 def run(settings: Settings) -> int:
@@ -125,7 +176,7 @@ def run(settings: Settings) -> int:
 
 def _install_uvloop() -> None:
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -133,17 +184,19 @@ def _install_uvloop() -> None:
 
 async def _serve(settings: Settings) -> int:
     log = get_logger("vramgate")
-    factory = gate_factory()
     try:
-        running = await start_server(settings, admission_factory=factory)
+        running = await start_server(settings, admission_factory=build_admission)
     except OSError as exc:
-        log.error("cannot listen", listen=settings.listen, error=str(exc))
+        print(f"vramgate: cannot listen on {settings.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except GateStartError as exc:
+        print(f"vramgate: {exc}", file=sys.stderr)
         return 1
     gc.collect()
     gc.freeze()  # start-up objects (modules, settings, gate tables) are never garbage: stop rescanning them
     host, _ = settings.listen_address
     log.info("vramgate started", listen=f"{host}:{running.port}", upstream=settings.upstream,
-             gate="fit" if factory is not None else "pass-through", event_loop=type(asyncio.get_running_loop()).__module__)
+             event_loop=type(asyncio.get_running_loop()).__module__)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(0.0, ge=0)  # 0 = none: cold loads can take minutes
     shutdown_grace: float = Field(15.0, ge=0)
+    # --- limits on what a client may send (each breach is answered, in Ollama's JSON shape) ------
+    max_request_line: int = Field(8190, ge=256)  # bytes; longer is 431 (as Go's head limit)
+    max_header_size: int = Field(16384, ge=256)  # bytes per header field; larger is 431
+    max_headers: int = Field(128, ge=8)  # header count; more is 431
+    max_inspected_body: Bytes = 64 * 1024**2  # bodies the gate reads whole; larger is 413
+    body_timeout: float = Field(30.0, gt=0)  # seconds between two reads of a request body; then 408
+    keep_alive_timeout: float = Field(75.0, gt=0)  # an idle client connection is closed after this
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -100,14 +100,10 @@ async def test_done_is_reported_once_when_the_client_goes_away(emulator: Emulato
     assert gate.events == ["response 200", "done"]
 
 
-async def test_oversized_inspected_body_gets_413(emulator: Emulator, start_proxy: StartProxy,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from proxy import relay
-
-    monkeypatch.setattr(relay, "MAX_INSPECTED_BODY", 4096)
+async def test_oversized_inspected_body_gets_413(emulator: Emulator, start_proxy: StartProxy) -> None:
     gate = Scripted()
-    url = await start_proxy(admission=gate)
-    big = b'{"model":"llama3:8b","prompt":"' + b"x" * (relay.MAX_INSPECTED_BODY + 10) + b'"}'
+    url = await start_proxy(admission=gate, max_inspected_body=4096)
+    big = b'{"model":"llama3:8b","prompt":"' + b"x" * (4096 + 10) + b'"}'
     async with aiohttp.ClientSession() as session:
         async with session.post(url + "/api/generate", data=big) as resp:
             assert resp.status == 413

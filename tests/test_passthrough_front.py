@@ -91,15 +91,13 @@ async def test_malformed_request_gets_400_and_close(proxy_url: str) -> None:
         answer = await asyncio.wait_for(reader.read(), timeout=5)
     finally:
         writer.close()
-    assert answer.startswith(b"HTTP/1.1 400") and b"Connection: close" in answer
+    # aiohttp answers an unparseable request as HTTP/1.0 (no keep-alive); reader.read() hit EOF: closed
+    assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400"))
     assert "bad request" in json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
 
 
-async def test_idle_keep_alive_connections_are_closed(start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch) -> None:
-    from proxy import http_server
-
-    monkeypatch.setattr(http_server, "KEEP_ALIVE_TIMEOUT", 0.3)
-    url = await start_proxy()
+async def test_idle_keep_alive_connections_are_closed(start_proxy: StartProxy) -> None:
+    url = await start_proxy(keep_alive_timeout=0.3)
     reader, writer = await asyncio.open_connection(*_address(url))
     idle, _ = await asyncio.open_connection(*_address(url))  # never sends a byte
     try:
