@@ -101,6 +101,9 @@ async def start_server(
     listen_host, listen_port = settings.listen_address
     host = listen_host if host is None else host
     port = listen_port if port is None else port
+    # Bind first (a busy port is one clear error), but serve only once the admission is ready:
+    # connections wait in the kernel's backlog meanwhile, so nothing is ever relayed unjudged.
+    sock = _bind(host, port)
     access = AccessLog()
     session = new_upstream_session(settings)
     chosen: Any = admission
@@ -118,9 +121,6 @@ async def start_server(
         lingering_time=5.0,  # read what a refused client still sends, so it sees the answer (no reset)
     )
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=settings.shutdown_grace)
-    # Bind first (a busy port is one clear error), but serve only once the admission is ready:
-    # connections wait in the kernel's backlog meanwhile, so nothing is ever relayed unjudged.
-    sock = _bind(host, port)
     try:
         if callable(getattr(chosen, "start", None)):
             try:

@@ -141,10 +141,12 @@ async def test_a_busy_listen_address_is_one_error_line_and_exit_1(emulator_url: 
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "serve", "--upstream", emulator_url, "--listen", f"127.0.0.1:{port}",
             cwd=REPO, env=clean, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 1
-    errors = [json.loads(line) for line in out.splitlines() if json.loads(line).get("event") == "cannot listen"]
-    assert len(errors) == 1 and errors[0]["listen"] == f"127.0.0.1:{port}" and "address" in errors[0]["error"].lower()
+    assert out == b""  # the address is bound before anything else starts: nothing else is said
+    lines = err.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vramgate: cannot listen on 127.0.0.1:{port}: ")
+    assert "address already in use" in lines[0].lower()
 
 
 async def test_sigterm_drain_is_bounded_by_shutdown_grace(emulator: Emulator, emulator_url: str) -> None:
