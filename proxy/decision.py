@@ -25,6 +25,7 @@ from proxy.residency import Resident, model_key
 
 class FootprintLike(Protocol):
     weights_bytes: int
+    gpu_weights_bytes: int
     projector_bytes: int
     kv_bytes: int
     compute_bytes: int
@@ -206,7 +207,6 @@ def decide(inp: Inputs) -> Decision:
 
     ctx, source = effective_ctx(inp)
     parallel = parallel_for(model.architecture, model.is_embedding, inp.server.parallel)
-    totals = [g.total for g in inp.gpus.gpus]
     key = model_key(req.model)
     resident = next((r for r in inp.residents if r.name == key), None)
 
@@ -228,17 +228,8 @@ def decide(inp: Inputs) -> Decision:
         elif resident.load is not None and req.route == "openai" and resident.load.num_ctx == ctx:
             return Admit({}, True, "resident", num_ctx=ctx, requested_ctx=ctx)
 
-    batch_opt = opts.get("num_batch", model.modelfile.get("num_batch"))
-
     def need_at(n_ctx: int) -> Need:
-        batch = batch_opt if isinstance(batch_opt, int) and batch_opt > 0 else default_num_batch(
-            inp.server.version, model.is_embedding, n_ctx, inp.server.flash_attention, max(totals)
-        )
-        fp = inp.sizer(n_ctx, parallel, batch)
-        other = fp.gpu_total_bytes - fp.kv_bytes - fp.compute_bytes - _gpu_weights(fp) + inp.correction
-        total = fp.gpu_total_bytes + inp.correction + policy.cuda_context
-        return Need(n_ctx, parallel, batch, _gpu_weights(fp), fp.kv_bytes, fp.compute_bytes, other,
-                    policy.cuda_context, total, fp.gpu_total_bytes + inp.correction, inp.correction)
+        return need_for(inp, n_ctx, parallel)
 
     budgets = gpu_budgets(inp, key)
     pinned = opts.get("main_gpu")  # >= 0.30: the model is pinned to that one GPU
@@ -306,6 +297,29 @@ def decide(inp: Inputs) -> Decision:
 
 
 # --- the parts, each testable alone --------------------------------------------------------
+
+
+def load_need(inp: Inputs) -> Need:
+    """What this load needs on one GPU as asked (before any shrinking): ``vramgate plan`` prints
+    exactly this, so plan and serve give one number for one question."""
+    ctx, _ = effective_ctx(inp)
+    return need_for(inp, ctx, parallel_for(inp.model.architecture, inp.model.is_embedding, inp.server.parallel))
+
+
+def need_for(inp: Inputs, n_ctx: int, parallel: int) -> Need:
+    """The footprint at ``n_ctx`` with the batch Ollama would pick, plus the CUDA context."""
+    model, policy = inp.model, inp.policy
+    batch_opt = inp.request.options.get("num_batch", model.modelfile.get("num_batch"))
+    if isinstance(batch_opt, int) and not isinstance(batch_opt, bool) and batch_opt > 0:
+        batch = batch_opt
+    else:
+        largest = max((g.total for g in inp.gpus.gpus), default=0)
+        batch = default_num_batch(inp.server.version, model.is_embedding, n_ctx, inp.server.flash_attention, largest)
+    fp = inp.sizer(n_ctx, parallel, batch)
+    other = fp.gpu_total_bytes - fp.kv_bytes - fp.compute_bytes - fp.gpu_weights_bytes + inp.correction
+    total = fp.gpu_total_bytes + inp.correction + policy.cuda_context
+    return Need(n_ctx, parallel, batch, fp.gpu_weights_bytes, fp.kv_bytes, fp.compute_bytes, other,
+                policy.cuda_context, total, fp.gpu_total_bytes + inp.correction, inp.correction)
 
 
 def effective_ctx(inp: Inputs) -> tuple[int, str]:
@@ -512,10 +526,6 @@ def largest_layer(fp: FootprintLike) -> int:
     if isinstance(sizes, (tuple, list)):
         return max(sizes, default=0)
     return int(sizes)
-
-
-def _gpu_weights(fp: FootprintLike) -> int:
-    return int(getattr(fp, "gpu_weights_bytes", fp.weights_bytes))
 
 
 # --- pulls ---------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ HOP_BY_HOP = frozenset({
     "upgrade",
 })
 # Replaced by the relay: Host (the upstream's: the client's was checked first, see proxy.host_guard),
-# Expect (vramgate answers 100-continue itself when it reads the body).
-_REQUEST_DROP = HOP_BY_HOP | {"host", "expect"}
+# Origin (checked by vramgate against the Host the client sent, proxy.cors: Ollama would check it
+# again against the rewritten Host), Expect (vramgate answers 100-continue when it reads the body).
+_REQUEST_DROP = HOP_BY_HOP | {"host", "origin", "expect"}
 _BODY_DROP = _REQUEST_DROP | {"content-length"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}  # aiohttp frames the answer itself
 

@@ -29,6 +29,7 @@ import socket
 import sys
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -173,9 +174,13 @@ def host_check_applies(listen_addr: str) -> bool:
     """Whether Ollama would check Host on this listener: only when its ip parses and is loopback.
 
     Pass the address actually bound (``sock.getsockname()[0]``), as Go does with ``ln.Addr()``; a
-    name such as ``localhost`` does not parse, so it is checked, which is right only for loopback.
+    name such as ``localhost`` does not parse, so it is checked, which is right only for loopback;
+    ``""`` (every address) is not.
     """
-    parsed = parse_ip(listen_addr.strip("[]"))
+    text = listen_addr.strip().strip("[]")
+    if text == "":
+        return False  # bound to every address: Go's ln.Addr() says [::], not loopback
+    parsed = parse_ip(text)
     return parsed is None or is_loopback(parsed[0])
 
 
@@ -187,7 +192,7 @@ def _name_allowed(host: str, hostname: str) -> bool:
     return host.endswith(_LOCAL_SUFFIXES)
 
 
-def _ip_allowed(host: str, local_ips: Collection[IPAddress]) -> bool:
+def _ip_allowed(host: str, local_ips: frozenset[IPAddress]) -> bool:
     parsed = parse_ip(host)
     if parsed is None:
         return False
@@ -204,8 +209,12 @@ def host_verdict(method: str, req_host: str, *, listen_host: str, hostname: str,
     """allowedHostsMiddleware's outcome: "next" (go on), "no_content" (204 now) or "forbidden" (403)."""
     if not host_check_applies(listen_host):
         return "next"
+    return _verdict(method, req_host, hostname, _as_ips(local_ips))
+
+
+def _verdict(method: str, req_host: str, hostname: str, local_ips: frozenset[IPAddress]) -> HostVerdict:
     host = split_host(req_host)
-    if _ip_allowed(host, _as_ips(local_ips)):
+    if _ip_allowed(host, local_ips):
         return "next"
     if _name_allowed(host, hostname):
         return "no_content" if method == "OPTIONS" else "next"
@@ -220,9 +229,8 @@ def host_allowed(host_header: str, *, listen_host: str, hostname: str,
     return verdict != "forbidden"
 
 
-def _as_ips(values: Collection[str | IPAddress]) -> frozenset[IPAddress]:
-    if isinstance(values, frozenset) and all(not isinstance(v, str) for v in values):
-        return values  # type: ignore[return-value]
+def _as_ips(values: Iterable[str | IPAddress]) -> frozenset[IPAddress]:
+    """Interface addresses as isLocalIP compares them (zoned ones never match; mapped ones as IPv4)."""
     out: set[IPAddress] = set()
     for value in values:
         if isinstance(value, str):
@@ -241,6 +249,9 @@ class LocalNames:
 
     hostname: str
     ips: frozenset[IPAddress] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ips", _as_ips(self.ips))
 
     @classmethod
     def gather(cls) -> LocalNames:
@@ -262,16 +273,18 @@ class LocalNames:
             ips |= _proc_ipv6()
         if not ips:
             ips |= _resolved(hostname)
-        return cls(hostname=hostname, ips=_as_ips(ips))
+        return cls(hostname=hostname, ips=frozenset(ips))
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def _proc_ipv4(path: str = "/proc/net/fib_trie") -> set[IPAddress]:
-    out: set[IPAddress] = set()
-    try:
-        lines = open(path, encoding="ascii").read().splitlines()
-    except OSError:
-        return out
-    return parse_fib_trie(lines)
+    return parse_fib_trie(_read_lines(path))
 
 
 def parse_fib_trie(lines: Iterable[str]) -> set[IPAddress]:
@@ -292,11 +305,7 @@ def parse_fib_trie(lines: Iterable[str]) -> set[IPAddress]:
 
 def _proc_ipv6(path: str = "/proc/net/if_inet6") -> set[IPAddress]:
     out: set[IPAddress] = set()
-    try:
-        lines = open(path, encoding="ascii").read().splitlines()
-    except OSError:
-        return out
-    for line in lines:
+    for line in _read_lines(path):
         parts = line.split()
         if parts and len(parts[0]) == 32:
             try:
@@ -334,11 +343,13 @@ class HostGuard:
 
     listen_host: str
     names: LocalNames
+    applies: bool = field(init=False)
 
-    @property
-    def applies(self) -> bool:
-        return host_check_applies(self.listen_host)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "applies", host_check_applies(self.listen_host))
 
     def verdict(self, method: str, req_host: str) -> HostVerdict:
-        return host_verdict(method, req_host, listen_host=self.listen_host,
-                            hostname=self.names.hostname, local_ips=self.names.ips)
+        """allowedHostsMiddleware's outcome for ``req_host`` (see ``effective_host``)."""
+        if not self.applies:
+            return "next"
+        return _verdict(method, req_host, self.names.hostname, self.names.ips)

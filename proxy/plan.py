@@ -9,14 +9,27 @@ says which values were assumed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from proxy import ollama_client
+from proxy.decision import (
+    Admit,
+    Inputs,
+    LoadRequest,
+    Need,
+    Policy,
+    Refuse,
+    decide,
+    effective_ctx,
+    largest_ctx,
+    load_need,
+    need_for,
+)
 from proxy.footprint import (
     ModelDescription,
     RunConfig,
@@ -24,13 +37,17 @@ from proxy.footprint import (
     description_from_gguf,
     description_from_show,
     estimate,
-    max_num_ctx,
 )
 from proxy.footprint.ggml_types import KV_CACHE_TYPES
+from proxy.gpus import GpuSnapshot, static_snapshot
+from proxy.ollama_server import ServerSettings, server_settings
+from proxy.residency import model_key
+from proxy.settings import Settings, StaticGpu
+from proxy.sizing import model_facts, sizer_for
 from proxy.units import format_bandwidth, format_bytes, parse_bandwidth, parse_bytes
 
 DEFAULT_GPU_BANDWIDTH = 1.0e12
-GiB = 1024**3
+DOES_NOT_FIT = 3  # exit status when --vram is given and the load as asked does not fit
 
 
 class PlanError(Exception):
@@ -42,12 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--show", metavar="FILE", help="a saved /api/show JSON response")
     source.add_argument("--gguf", metavar="FILE", help="a GGUF model file")
-    parser.add_argument("--num-ctx", type=int, metavar="N", help="context per sequence")
+    parser.add_argument("--upstream", dest="plan_upstream", metavar="URL", help="where Ollama is (VRAMGATE_UPSTREAM)")
+    parser.add_argument("--ollama-version", metavar="V",
+                        help="size as this Ollama version would load it (default: ask Ollama; else the newest rules)")
+    parser.add_argument("--num-ctx", type=int, metavar="N", help="context per sequence, as a request's num_ctx")
     parser.add_argument("--parallel", type=int, metavar="P", help="parallel sequences (OLLAMA_NUM_PARALLEL)")
     parser.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, help="KV cache type (OLLAMA_KV_CACHE_TYPE)")
     parser.add_argument("--flash-attention", choices=("on", "off"), help="flash attention")
-    parser.add_argument("--num-batch", type=int, metavar="B", help="batch = micro-batch size")
-    parser.add_argument("--vram", metavar="SIZE", help="GPU memory, e.g. 24GiB: does it fit, and the largest context that does")
+    parser.add_argument("--num-batch", type=int, metavar="B", help="batch = micro-batch size, as a request's num_batch")
+    parser.add_argument("--vram", metavar="SIZE",
+                        help=f"GPU memory, e.g. 24GiB: does it fit (exit {DOES_NOT_FIT} if not), and the largest context that does")
     parser.add_argument("--overhead", metavar="SIZE",
                         help="taken off --vram before fitting (default: settings cuda_context + reserve)")
     parser.add_argument("--gpu-bandwidth", metavar="BW", help="GPU memory bandwidth (default 1TB/s)")
@@ -58,36 +79,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @dataclass(frozen=True)
 class Plan:
     model: ModelDescription
-    run: RunConfig
+    inputs: Inputs  # exactly what the gate would decide from, with --vram as one empty GPU
+    need: Need
+    decision: Admit | Refuse | None  # None without --vram
     assumed: tuple[str, ...]
     vram: int | None
     overhead: int
     gpu_bandwidth: float
     host_bandwidth: float
 
+    @property
+    def server(self) -> ServerSettings:
+        return self.inputs.server
 
-def run(args: argparse.Namespace, settings: Any) -> int:
+    @property
+    def run(self) -> RunConfig:
+        kv = self.server.kv_cache_type
+        return RunConfig(num_ctx=self.need.num_ctx, parallel=self.need.parallel, kv_type_k=kv, kv_type_v=kv,
+                         flash_attention=self.server.flash_attention, num_batch=self.need.num_batch,
+                         num_ubatch=self.need.num_batch)
+
+    @property
+    def fits(self) -> bool | None:
+        if self.decision is None:
+            return None
+        return isinstance(self.decision, Admit) and self.decision.reason == "admitted"
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "plan_upstream", None):
+        try:
+            settings = settings.model_copy(update={"upstream": Settings.model_validate(
+                {"upstream": args.plan_upstream}).upstream})
+        except ValueError as exc:
+            print(f"vramgate plan: invalid --upstream: {exc}", file=sys.stderr)
+            return 2
     try:
-        model = _load_model(args, settings)
-        plan = _make_plan(args, settings, model)
+        model, version = _load_model(args, settings)
+        plan = make_plan(args, settings, model, version)
         output = render_json(plan) if args.json else render_text(plan)
     except PlanError as exc:
         print(f"vramgate plan: {exc}", file=sys.stderr)
         return 1
     print(output)
-    return 0
+    return DOES_NOT_FIT if plan.fits is False else 0
 
 
 # --- reading the model (the imperative shell) ------------------------------------------------
 
 
-def _load_model(args: argparse.Namespace, settings: Any) -> ModelDescription:
+def _load_model(args: argparse.Namespace, settings: Settings) -> tuple[ModelDescription, str]:
     if args.gguf:
         path = Path(args.gguf)
         if not path.is_file():
             raise PlanError(f"no such GGUF file: {path}")
         try:
-            return description_from_gguf(path)
+            return description_from_gguf(path), args.ollama_version or ""
         except (OSError, ValueError, KeyError, IndexError) as exc:
             raise PlanError(f"cannot read GGUF file {path}: {exc}") from None
     if args.show:
@@ -98,10 +145,24 @@ def _load_model(args: argparse.Namespace, settings: Any) -> ModelDescription:
             raise PlanError(f"no such file: {path}") from None
         except (OSError, ValueError) as exc:
             raise PlanError(f"cannot read {path} as /api/show JSON: {exc}") from None
-        return _describe_show(data, args.model or path.stem)
+        return _describe_show(data, args.model or path.stem), args.ollama_version or ""
     if not args.model:
         raise PlanError("give a model name, --show FILE.json or --gguf FILE")
-    return _describe_show(fetch_show(settings.upstream, args.model), args.model)
+    show, version = asyncio.run(_ask_ollama(settings, args.model))
+    return _describe_show(show, args.model), args.ollama_version or version
+
+
+async def _ask_ollama(settings: Settings, model: str) -> tuple[dict[str, Any], str]:
+    """The model's /api/show and the server's version, through the same client the gate uses."""
+    async with ollama_client.new_session(settings) as session:
+        try:
+            show = await ollama_client.show(session, settings.upstream, model)
+            version = await ollama_client.version(session, settings.upstream)
+        except ollama_client.ModelUnknown as exc:
+            raise PlanError(f"Ollama at {settings.upstream} answered {exc.status} for {model!r}: {exc.args[0]}") from None
+        except ollama_client.OllamaUnavailable as exc:
+            raise PlanError(f"cannot reach Ollama at {settings.upstream}: {exc}") from None
+    return show, version
 
 
 def _describe_show(data: Any, name: str) -> ModelDescription:
@@ -113,111 +174,58 @@ def _describe_show(data: Any, name: str) -> ModelDescription:
         raise PlanError(f"cannot describe {name}: {exc}") from None
 
 
-def fetch_show(upstream: str, model: str, timeout: float = 30.0) -> dict[str, Any]:
-    """POST /api/show with verbose (per-layer arrays are null without it)."""
-    body = json.dumps({"model": model, "verbose": True}).encode()
-    req = urllib.request.Request(
-        upstream.rstrip("/") + "/api/show", data=body, headers={"Content-Type": "application/json"}
-    )
+# --- deciding the run configuration: the gate's own rules ------------------------------------
+
+
+def make_plan(args: argparse.Namespace, settings: Settings, model: ModelDescription, version: str) -> Plan:
+    """The gate's decision inputs for this model on --vram (one empty GPU), and its answer."""
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error") or exc.reason
-        except (ValueError, AttributeError, OSError):
-            message = exc.reason
-        raise PlanError(f"Ollama at {upstream} answered {exc.code}: {message}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise PlanError(f"cannot reach Ollama at {upstream}: {reason}") from None
-    except ValueError:
-        raise PlanError(f"Ollama at {upstream} sent a response that is not JSON") from None
-
-
-# --- deciding the run configuration ----------------------------------------------------------
-
-
-def default_num_ctx(total_vram: int | None) -> int:
-    """Ollama >= 0.15.5's default context by total VRAM (4k / 32k / 256k)."""
-    if total_vram is None:
-        return 4096
-    if total_vram >= 47 * GiB:
-        return 262144
-    if total_vram >= 23 * GiB:
-        return 32768
-    return 4096
-
-
-def _make_plan(args: argparse.Namespace, settings: Any, model: ModelDescription) -> Plan:
-    assumed: list[str] = []
-    vram = None
-    try:
-        if args.vram is not None:
-            vram = parse_bytes(args.vram)
-        overhead = (
-            parse_bytes(args.overhead)
-            if args.overhead is not None
-            else int(settings.cuda_context) + int(settings.reserve)
-        )
-    except ValueError as exc:
-        raise PlanError(str(exc)) from None
-
-    params = model.parameters
-    if args.num_ctx is not None:
-        num_ctx = args.num_ctx
-    elif isinstance(params.get("num_ctx"), int):
-        num_ctx = params["num_ctx"]
-        assumed.append(f"num_ctx {num_ctx} from the model's Modelfile")
-    elif getattr(settings, "context_length", 0):
-        num_ctx = settings.context_length
-        assumed.append(f"num_ctx {num_ctx} from OLLAMA_CONTEXT_LENGTH")
-    else:
-        num_ctx = default_num_ctx(vram)
-        why = "for this --vram" if vram is not None else "(no --vram given)"
-        assumed.append(f"num_ctx {num_ctx}: Ollama's default {why}")
-    if num_ctx < 1:
-        raise PlanError(f"--num-ctx must be positive, got {num_ctx}")
-
-    parallel = args.parallel if args.parallel is not None else settings.num_parallel
-    if args.parallel is None:
-        assumed.append(f"parallel {parallel} (OLLAMA_NUM_PARALLEL)")
-    kv_type = args.kv_cache_type or settings.kv_cache_type
-    if args.kv_cache_type is None:
-        assumed.append(f"KV cache {kv_type} (OLLAMA_KV_CACHE_TYPE)")
-    if args.flash_attention is not None:
-        fa = args.flash_attention == "on"
-    else:
-        fa = settings.flash_attention != "off"
-        if settings.flash_attention == "auto":
-            assumed.append("flash attention on (auto: every CUDA GPU since Pascal supports it)")
-    if args.num_batch is not None:
-        num_batch = args.num_batch
-    elif isinstance(params.get("num_batch"), int):
-        num_batch = params["num_batch"]
-        assumed.append(f"num_batch {num_batch} from the model's Modelfile")
-    else:
-        num_batch = 512
-    if not fa and kv_type not in ("f16", "f32", "bf16"):
-        raise PlanError(f"a quantized KV cache ({kv_type}) needs flash attention (llama.cpp refuses it)")
-    try:
-        run_config = RunConfig(
-            num_ctx=num_ctx,
-            parallel=parallel,
-            kv_type_k=kv_type,
-            kv_type_v=kv_type,
-            flash_attention=fa,
-            num_batch=num_batch,
-            num_ubatch=num_batch,
-        )
-    except ValueError as exc:
-        raise PlanError(str(exc)) from None
-    try:
+        vram = parse_bytes(args.vram) if args.vram is not None else None
+        overhead = parse_bytes(args.overhead) if args.overhead is not None else None
         gpu_bw = parse_bandwidth(args.gpu_bandwidth) if args.gpu_bandwidth else DEFAULT_GPU_BANDWIDTH
         host_bw = parse_bandwidth(args.host_bandwidth) if args.host_bandwidth else float(settings.host_bandwidth)
     except ValueError as exc:
         raise PlanError(str(exc)) from None
-    return Plan(model, run_config, tuple(assumed), vram, overhead, gpu_bw, host_bw)
+    for flag, value in (("--num-ctx", args.num_ctx), ("--parallel", args.parallel), ("--num-batch", args.num_batch)):
+        if value is not None and value < 1:
+            raise PlanError(f"{flag} must be positive, got {value}")
+    overrides = {k: v for k, v in (("num_parallel", args.parallel), ("kv_cache_type", args.kv_cache_type),
+                                   ("flash_attention", args.flash_attention)) if v is not None}
+    server = server_settings(settings.model_copy(update=overrides), version)
+    if not server.flash_attention and server.kv_cache_type not in ("f16", "f32", "bf16"):
+        raise PlanError(f"a quantized KV cache ({server.kv_cache_type}) needs flash attention (llama.cpp refuses it)")
+    policy = Policy.from_settings(settings)
+    if overhead is not None:
+        policy = replace(policy, reserve=max(0, overhead - policy.cuda_context))
+    options = {k: v for k, v in (("num_ctx", args.num_ctx), ("num_batch", args.num_batch)) if v is not None}
+    gpus = (static_snapshot([StaticGpu(name="--vram", total=vram, bandwidth=gpu_bw)]) if vram is not None
+            else GpuSnapshot(gpus=(), source="none"))
+    key = model_key(model.name or "model")
+    inputs = Inputs(request=LoadRequest(key, "native", options), model=model_facts(key, model),
+                    sizer=sizer_for(model, server), server=server, gpus=gpus, policy=policy)
+    need = load_need(inputs)
+    decision = decide(inputs) if vram is not None else None
+    return Plan(model, inputs, need, decision, tuple(_assumed(args, settings, inputs, need)), vram,
+                policy.reserve + policy.cuda_context, gpu_bw, host_bw)
+
+
+def _assumed(args: argparse.Namespace, settings: Settings, inputs: Inputs, need: Need) -> list[str]:
+    server = inputs.server
+    out = [f"rules of Ollama {server.version_text}" if server.version_text != "unknown"
+           else "Ollama version unknown: the newest rules"]
+    if args.num_ctx is None:
+        out.append(f"num_ctx {need.num_ctx} from the {effective_ctx(inputs)[1]}")
+    if args.parallel is None:
+        out.append(f"parallel {need.parallel} (OLLAMA_NUM_PARALLEL {settings.num_parallel})")
+    if args.kv_cache_type is None:
+        out.append(f"KV cache {server.kv_cache_type} (OLLAMA_KV_CACHE_TYPE)")
+    if args.flash_attention is None:
+        out.append(f"flash attention {'on' if server.flash_attention else 'off'} (OLLAMA_FLASH_ATTENTION "
+                   f"{settings.flash_attention})")
+    if args.num_batch is None:
+        source = "the model's Modelfile" if "num_batch" in inputs.model.modelfile else "Ollama's choice for this context"
+        out.append(f"num_batch {need.num_batch} from {source}")
+    return out
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -231,6 +239,9 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "known_architecture": fp.known_architecture,
         **{k: v for k, v in asdict(fp).items() if k not in ("layer_bytes", "notes")},
         "run": asdict(plan.run),
+        "charged_bytes": plan.need.total,  # what the gate charges one GPU: the buffers + a CUDA context
+        "cuda_context_bytes": plan.need.cuda_context,
+        "ollama_version": plan.server.version_text,
         "decode_tokens_per_s": round(
             decode_tokens_per_s(plan.model, fp, plan.gpu_bandwidth, plan.host_bandwidth), 1
         ),
@@ -239,14 +250,16 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "notes": list(fp.notes),
     }
     if plan.vram is not None:
-        budget = max(plan.vram - plan.overhead, 0)
+        budget = max(plan.vram - plan.inputs.policy.reserve, 0)
         out["vram_bytes"] = plan.vram
         out["overhead_bytes"] = plan.overhead
         out["budget_bytes"] = budget
-        out["fits"] = fp.gpu_total_bytes <= budget
+        out["fits"] = plan.fits
+        out["decision"] = plan.decision.reason if plan.decision is not None else None
         # the largest context up to the trained one, not only up to the requested num_ctx
-        ceiling = replace(plan.run, num_ctx=max(plan.model.context_length, plan.run.num_ctx))
-        out["max_num_ctx"] = max_num_ctx(plan.model, ceiling, budget)
+        ceiling = max(plan.model.context_length, plan.need.num_ctx)
+        out["max_num_ctx"] = largest_ctx(
+            lambda n: need_for(plan.inputs, n, plan.need.parallel).total <= budget, ceiling, 256)
     return out
 
 
@@ -275,12 +288,15 @@ def render_text(plan: Plan) -> str:
         rows.append(("projector", format_bytes(d["projector_bytes"]), "vision/audio, offloaded too"))
     rows.append(("total on GPU", format_bytes(d["gpu_total_bytes"]),
                  f"num_ctx {d['num_ctx']} x {r.parallel} parallel"))
+    rows.append(("charged by the gate", format_bytes(d["charged_bytes"]),
+                 f"with a {format_bytes(d['cuda_context_bytes'])} CUDA context per GPU"))
     rows.append(("in host RAM", format_bytes(d["host_weights_bytes"]), "token embeddings (never offloaded)"))
     if plan.vram is not None:
-        verdict = "fits" if d["fits"] else "does NOT fit"
+        verdict = {"admitted": "fits", "rewritten": f"does NOT fit as asked; the gate would shrink num_ctx "
+                   f"to {getattr(plan.decision, 'num_ctx', '?')}"}.get(str(d["decision"]), "does NOT fit")
         rows.append(("GPU memory", format_bytes(plan.vram),
-                     f"{format_bytes(d['budget_bytes'])} after {format_bytes(plan.overhead)} "
-                     f"CUDA context + reserve: {verdict}"))
+                     f"{format_bytes(d['budget_bytes'])} after the {format_bytes(plan.inputs.policy.reserve)} "
+                     f"reserve: {verdict}"))
         best = d["max_num_ctx"]
         trained = f" (trained {plan.model.context_length})" if plan.model.context_length else ""
         rows.append(("largest num_ctx", str(best) if best else "none",

@@ -14,7 +14,7 @@ errors; any other truncated body is cut off (the connection is aborted) so the c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from time import perf_counter
 
 import aiohttp
@@ -23,9 +23,11 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.access_log import AccessLog
+from proxy.cors import Cors, EarlyAnswer, guard
 from proxy.admission import Admission, AdmissionRequest, Forward, PassThrough, Respond
 from proxy.errors import JSON_TYPE, error_body, stream_error_line
 from proxy.headers import request_headers, response_headers
+from proxy.host_guard import HostGuard
 from proxy.logging_setup import get_logger
 from proxy.settings import Settings
 from proxy.target import BadTarget, Target, parse_target
@@ -33,6 +35,8 @@ from proxy.target import BadTarget, Target, parse_target
 DONE_MARK = b'"done":true'
 NDJSON = "application/x-ndjson"
 _STREAMED_TYPES = ("application/x-ndjson", "text/event-stream")
+# per request: the CORS headers every answer to this request carries (Ollama's, for the client's Origin)
+CORS_HEADERS = web.RequestKey("vramgate.cors", tuple)
 _log = get_logger("vramgate.relay")
 
 
@@ -45,9 +49,11 @@ class BodyStalled(Exception):
 
 
 class Relay:
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession, access: AccessLog,
-                 admission: Admission | None = None) -> None:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession, access: AccessLog, cors: Cors,
+                 hosts: HostGuard, admission: Admission | None = None) -> None:
         self.upstream = settings.upstream
+        self._cors = cors
+        self._hosts = hosts
         self._session = session
         self._access = access
         self._admission: Admission = admission or PassThrough()
@@ -62,6 +68,11 @@ class Relay:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one request to its end. aiohttp cancels this task when the client goes away."""
         started = perf_counter()
+        front = guard(request.method, request.raw_path, request.raw_headers, cors=self._cors, hosts=self._hosts,
+                      http_version=f"{request.version.major}.{request.version.minor}")
+        if isinstance(front, EarlyAnswer):  # what Ollama's own front (net/http, CORS, Host list) would answer
+            return self._early(request, front, started)
+        request[CORS_HEADERS] = front.headers
         target = parse_target(request.raw_path)
         if isinstance(target, BadTarget):
             return self._answer(request, request.path, target.message, 400, started, "bad_target")
@@ -96,6 +107,7 @@ class Relay:
                                 f"{type(exc).__name__}: {exc}", 500, started, "admission_failed")
         if isinstance(decision, Respond):
             response = web.Response(status=decision.status, body=decision.body, headers=decision.headers)
+            _add(response, request[CORS_HEADERS])
             self._log(request, target.path, decision.status, len(decision.body), started, None, "answered")
             return response
         headers = request_headers(request.raw_headers, body_replaced=True)
@@ -140,6 +152,7 @@ class Relay:
         content_type = upstream.headers.get("Content-Type", "").lower()
         if content_type.startswith(_STREAMED_TYPES) and "X-Accel-Buffering" not in headers:
             headers["X-Accel-Buffering"] = "no"  # an nginx in front must not buffer streams
+        headers.extend(request[CORS_HEADERS])  # the Origin was checked here and not forwarded
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         length = upstream.content_length
         if length is not None:
@@ -192,15 +205,29 @@ class Relay:
         """An error of vramgate's own, in the shape the client's API uses."""
         body = error_body(path, message, status)
         response = web.Response(status=status, body=body, headers={"Content-Type": JSON_TYPE})
+        _add(response, request.get(CORS_HEADERS, ()))  # a browser app can read vramgate's errors too
         if close:
             response.force_close()
         self._log(request, path, status, len(body), started, None, outcome)
+        return response
+
+    def _early(self, request: web.BaseRequest, front: EarlyAnswer, started: float) -> web.Response:
+        response = web.Response(status=front.status, reason=front.reason, body=front.body)
+        _add(response, front.headers)
+        if front.close:
+            response.force_close()
+        self._log(request, request.path, front.status, len(front.body), started, None, "refused_by_front")
         return response
 
     def _log(self, request: web.BaseRequest, path: str, status: int, sent: int, started: float,
              ttfb: float | None, outcome: str) -> None:
         self._access.record(request.method, path, status, sent, perf_counter() - started, _client(request),
                             ttfb, outcome)
+
+
+def _add(response: web.StreamResponse, headers: Iterable[tuple[str, str]]) -> None:
+    for name, value in headers:
+        response.headers.add(name, value)
 
 
 def _client(request: web.BaseRequest) -> str:

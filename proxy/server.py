@@ -26,9 +26,12 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.access_log import AccessLog
 from proxy.admission import Admission, PassThrough
+from proxy.cors import Cors
 from proxy.errors import JSON_TYPE, error_body
 from proxy.gate import build_admission  # part of vramgate: an import error is a crash, never a mode
+from proxy.host_guard import HostGuard, LocalNames
 from proxy.logging_setup import configure_logging, get_logger
+from proxy.ollama_client import new_session
 from proxy.relay import Relay
 from proxy.settings import Settings
 
@@ -36,8 +39,8 @@ AdmissionFactory = Callable[[Settings, aiohttp.ClientSession], Admission]
 _log = get_logger("vramgate.http")
 
 
-class GateStartError(Exception):
-    """The admission (the fit gate) could not start: vramgate exits with this one line."""
+class StartError(Exception):
+    """vramgate cannot start (the fit gate, a setting only checked at start): exit with this one line."""
 
 
 class _Protocol(RequestHandler):
@@ -104,12 +107,18 @@ async def start_server(
     # Bind first (a busy port is one clear error), but serve only once the admission is ready:
     # connections wait in the kernel's backlog meanwhile, so nothing is ever relayed unjudged.
     sock = _bind(host, port)
+    try:
+        cors = Cors(settings.origins)
+    except ValueError as exc:
+        sock.close()
+        raise StartError(f"invalid setting VRAMGATE_ORIGINS / OLLAMA_ORIGINS: {exc}") from None
+    hosts = HostGuard(sock.getsockname()[0], LocalNames.gather())  # Ollama's Host check, keyed on this listener
     access = AccessLog()
-    session = new_upstream_session(settings)
+    session = new_session(settings)
     chosen: Any = admission
     if chosen is None:
         chosen = admission_factory(settings, session) if admission_factory is not None else PassThrough()
-    relay = Relay(settings, session, access)
+    relay = Relay(settings, session, access, cors, hosts)
     server = _Server(
         relay.handle,
         handler_cancellation=True,  # a client that leaves cancels its request, closing the upstream one
@@ -126,7 +135,7 @@ async def start_server(
             try:
                 await chosen.start()
             except Exception as exc:
-                raise GateStartError(f"cannot start the fit gate: {type(exc).__name__}: {exc}") from exc
+                raise StartError(f"cannot start the fit gate: {type(exc).__name__}: {exc}") from exc
         relay.attach(chosen)
         await runner.setup()
         await web.SockSite(runner, sock).start()
@@ -150,18 +159,6 @@ async def _release(admission: Any, session: aiohttp.ClientSession, access: Acces
             await admission.close()
     finally:
         await session.close()
-
-
-def new_upstream_session(settings: Settings) -> aiohttp.ClientSession:
-    """The one session every call to Ollama goes through: the relay's, the gate's, the registry's."""
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
-                                    sock_read=settings.read_timeout or None)
-    return aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False, raise_for_status=False,
-        cookie_jar=aiohttp.DummyCookieJar(),  # shared by every client: never keep one client's cookies
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),  # the client's own, as sent
-    )
 
 
 def run(settings: Settings) -> int:
@@ -189,7 +186,7 @@ async def _serve(settings: Settings) -> int:
     except OSError as exc:
         print(f"vramgate: cannot listen on {settings.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    except GateStartError as exc:
+    except StartError as exc:
         print(f"vramgate: {exc}", file=sys.stderr)
         return 1
     gc.collect()

@@ -43,6 +43,10 @@ class StubFootprint:
     output_layer_bytes: int = 0
 
     @property
+    def gpu_weights_bytes(self) -> int:
+        return self.weights_bytes
+
+    @property
     def gpu_total_bytes(self) -> int:
         return self.weights_bytes + self.kv_bytes + self.compute_bytes
 

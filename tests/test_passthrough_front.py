@@ -29,9 +29,9 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 async def test_pipelined_requests_are_answered_in_order(proxy_url: str) -> None:
     reader, writer = await asyncio.open_connection(*_address(proxy_url))
     try:
-        writer.write(b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n"
-                     b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n"
-                     b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                     b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                     b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         answers = [await _read_answer(reader) for _ in range(3)]
     finally:
         writer.close()
@@ -45,7 +45,7 @@ async def test_keep_alive_connection_serves_many_requests(proxy_url: str) -> Non
     reader, writer = await asyncio.open_connection(*_address(proxy_url))
     try:
         for _ in range(20):
-            writer.write(b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
             head, body = await _read_answer(reader)
             assert head.startswith(b"HTTP/1.1 200") and json.loads(body) == {"version": "0.33.0"}
     finally:
@@ -58,7 +58,7 @@ async def test_client_leaving_a_body_less_request_closes_upstream(emulator: Emul
             assert resp.status == 200
         emulator.inject(Fault("/api/tags", "hang"))
         _reader, writer = await asyncio.open_connection(*_address(proxy_url))
-        writer.write(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\n")
         await writer.drain()
         assert await emulator.wait_for(lambda: emulator.in_flight > 0, timeout=2.0)
         writer.close()
@@ -71,7 +71,7 @@ async def test_expect_100_continue_gets_continue_then_answer(emulator: Emulator,
     body = json.dumps({"model": "llama3:8b", "prompt": "x", "stream": False}).encode()
     reader, writer = await asyncio.open_connection(*_address(proxy_url))
     try:
-        writer.write(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        writer.write(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(body))
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -101,7 +101,7 @@ async def test_idle_keep_alive_connections_are_closed(start_proxy: StartProxy) -
     reader, writer = await asyncio.open_connection(*_address(url))
     idle, _ = await asyncio.open_connection(*_address(url))  # never sends a byte
     try:
-        writer.write(b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
         head, _ = await _read_answer(reader)
         assert head.startswith(b"HTTP/1.1 200")
         assert await asyncio.wait_for(reader.read(), timeout=3) == b""  # closed by the proxy once idle
