@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     keep_alive_timeout: float = Field(75.0, gt=0)  # an idle client connection is closed after this
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    origins: list[str] = Field(default_factory=list)  # extra CORS origins, like OLLAMA_ORIGINS
 
     # --- where GPU memory is read from --------------------------------------------------------
     gpu: Literal["auto", "nvml", "static", "none"] = "auto"
@@ -76,6 +77,7 @@ class Settings(BaseSettings):
 
     # --- pull gate ----------------------------------------------------------------------------
     registry: str = "https://registry.ollama.ai"
+    registry_hosts: list[str] = ["registry.ollama.ai", "hf.co"]  # hosts other names may pull from
     pull_check_failure: Literal["allow", "refuse"] = "allow"
 
     # --- decision log -------------------------------------------------------------------------
@@ -149,6 +151,9 @@ class OllamaEnvSource(PydanticBaseSettingsSource):
             out["context_length"] = env["OLLAMA_CONTEXT_LENGTH"].strip()
         if env.get("OLLAMA_GPU_OVERHEAD", "").strip():
             out["gpu_overhead"] = env["OLLAMA_GPU_OVERHEAD"].strip()
+        origins = env.get("OLLAMA_ORIGINS", "").strip().strip("\"'")  # envconfig.Var, then Split
+        if origins:
+            out["origins"] = origins.split(",")
         return out
 
 
