@@ -6,8 +6,13 @@ upstream version), asks the pure decision under one lock (so concurrent loads ne
 same memory twice: admitted loads hold a reservation until Ollama answered), and turns the answer
 into a forwarded body or a refusal. After an admitted load it checks ``/api/ps`` (closed loop).
 
-Transparency rules: whatever vramgate cannot judge (malformed bodies, wrong option types, unknown
-models, an unreachable Ollama) goes upstream untouched so Ollama's own answer comes back.
+Fail closed: a load vramgate cannot judge (Ollama's /api/show or /api/ps failing or timing out, a
+model it cannot size, a body Go would accept but vramgate cannot read) is refused with a clear
+error and never reaches Ollama. What Ollama itself refuses before loading anything (a body its
+decoder rejects, an unknown model) still goes to Ollama untouched, so its own error comes back.
+
+No I/O under the admission lock: Ollama's state and the GPUs are read before it; the lock covers
+only the decision and the reservation (``proxy.reservations`` says why that is safe).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from proxy import ollama_client
 from proxy.admission import AdmissionRequest, Forward, Respond
 from proxy.audit import Audit, load_options
 from proxy.decision import (
@@ -34,10 +40,12 @@ from proxy.decision import (
     check_pull,
     decide,
 )
+from proxy.reservations import ReservationLedger
 from proxy.explanation import admit_headers, pull_refusal_body, refusal_body, refusal_headers, refusal_text
-from proxy.footprint import ModelDescription, RunConfig, decode_tokens_per_s, description_from_show, estimate
+from proxy.footprint import ModelDescription, description_from_show
 from proxy.gpus import GpuProbe, GpuSnapshot
-from proxy.ollama_server import ServerSettings, fetch_version, server_settings
+from proxy.ollama_client import ModelUnknown, OllamaUnavailable
+from proxy.ollama_server import ServerSettings, server_settings
 from proxy.registry import (
     ManifestNotFound,
     RegistryUnavailable,
@@ -48,6 +56,7 @@ from proxy.registry import (
 )
 from proxy.residency import Residency, Resident, VramgateLoad, model_key
 from proxy.settings import Settings
+from proxy.sizing import model_facts, sizer_for, speed_for
 
 log = structlog.get_logger("vramgate.gate")
 
@@ -56,13 +65,17 @@ OPENAI_LOAD = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1
 PULLS = {"/api/pull", "/api/create"}
 INT_OPTIONS = ("num_ctx", "num_gpu", "num_batch", "main_gpu", "num_thread")
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
-RESERVATION_TTL = 1800.0  # seconds; a load that takes longer is assumed lost
 
 
 @dataclass
 class _Described:
     digest: str
-    description: ModelDescription
+    description: ModelDescription | None  # None for a remote model
+    remote_host: str = ""  # a model Ollama runs elsewhere (a cloud model): no local memory
+
+
+class ModelNotUnderstood(Exception):
+    """/api/show describes a model vramgate cannot size."""
 
 
 class Gate:
@@ -75,8 +88,7 @@ class Gate:
         self.probe = probe or GpuProbe(settings)
         self.audit = audit or Audit(settings.audit_file)
         self.residency = Residency()
-        self.reservations: list[Reservation] = []
-        self._reserved_at: dict[int, float] = {}
+        self.ledger = ReservationLedger()
         self._lock = asyncio.Lock()
         self._described: dict[str, _Described] = {}
         self._tags: tuple[float, dict[str, str]] = (0.0, {})
@@ -87,8 +99,7 @@ class Gate:
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         snap = await asyncio.to_thread(self.probe.start)
-        self._version = await fetch_version(self.session, self.upstream)
-        self._version_checked = time.monotonic()
+        await self._refresh_version()
         log.info(
             "gate.started",
             gpu_source=snap.source,
@@ -135,68 +146,84 @@ class Gate:
             # never refused; the memory it frees is read afresh on the next decision
             return Forward(request.body, {"X-Vramgate-Decision": "unload"}, lambda status: self.probe.invalidate())
 
-        described = await self._describe(name)
-        if described is None:
-            return _untouched(request, "passed unknown model")
+        try:
+            described = await self._describe(name)
+        except ModelUnknown:
+            return _untouched(request, "passed unknown model")  # Ollama answers with its own 404/400
+        except OllamaUnavailable as exc:
+            return self._cannot_judge(request, name, "its description (/api/show)", exc)
+        except ModelNotUnderstood as exc:
+            return self._cannot_judge(request, name, "a footprint for it", exc, status=501)
+        if described.remote_host:
+            return _untouched(request, f"passed remote model ({described.remote_host})")
         desc = described.description
-        async with self._lock:
-            try:
-                residents = await self.residency.fetch(self.session, self.upstream)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                log.warning("gate.ps_unavailable", error=str(exc) or type(exc).__name__)
-                return _untouched(request, "passed: Ollama unreachable")
-            self._expire_reservations()
-            snap = self.probe.snapshot()
-            server = await self._server(snap)
-            inputs = self._inputs(name, route, options, desc, snap, server, residents)
+        assert desc is not None
+        read_started = time.monotonic()  # Ollama's state and the GPUs, read before the lock
+        try:
+            ps_models = await ollama_client.ps(self.session, self.upstream)
+        except OllamaUnavailable as exc:
+            return self._cannot_judge(request, name, "what Ollama holds (/api/ps)", exc)
+        snap = await asyncio.to_thread(self.probe.snapshot)
+        if not self._version:
+            await self._refresh_version()
+        server = self._server(snap)
+        async with self._lock:  # the decision and the reservation only: no I/O in here
+            residents = self.residency.join(ps_models)
+            inputs = self._inputs(name, route, options, desc, snap, server, residents,
+                                  self.ledger.pending(read_started))
+            self._report_expired()
             try:
                 decision = decide(inputs)
-            except Exception:  # a model the estimator cannot size must not take the proxy down
+            except Exception as exc:  # a model the estimator cannot size must not take the proxy down
                 log.exception("gate.decision_failed", model=name, route=request.path)
-                return _untouched(request, "passed: vramgate could not size this model")
-            reservation = None
+                return self._cannot_judge(request, name, "a decision", exc, status=500)
+            token = None
             if isinstance(decision, Admit) and decision.need is not None and decision.per_gpu:
-                reservation = Reservation(model_key(name), decision.per_gpu, decision.evicts)
-                self.reservations.append(reservation)
-                self._reserved_at[id(reservation)] = time.monotonic()
+                token = self.ledger.hold(Reservation(model_key(name), decision.per_gpu, decision.evicts))
             if isinstance(decision, Admit):
                 self.residency.begin(name)
-        return self._answer(request, route, name, options, body, decision, reservation, snap)
+        return self._answer(request, route, name, options, body, decision, token, snap)
+
+    def _cannot_judge(self, request: AdmissionRequest, name: str, what: str, exc: BaseException,
+                      status: int = 503) -> Respond:
+        """Fail closed: a load vramgate cannot judge never reaches Ollama."""
+        detail = str(exc) or type(exc).__name__
+        text = (f"vramgate refused to load {name}: it could not get {what} to check that the model fits the GPU"
+                f" ({detail}). Nothing was loaded.")
+        text += " Retry in a moment." if status == 503 else " Ask the admin to report it with vramgate's log."
+        self.audit.event("load.refused", client=request.client, model=name, route=request.path, status=status,
+                         reason="cannot_judge", explanation=text)
+        headers = {**JSON_HEADERS, "X-Vramgate-Decision": f"refused {status} cannot_judge"}
+        if status == 503:
+            headers["Retry-After"] = "5"
+        body = json.dumps({"error": text}).encode()
+        if request.path.startswith("/v1/"):
+            body = json.dumps({"error": {"message": text, "type": "api_error", "param": None, "code": None}}).encode()
+        return Respond(status, body, headers)
+
+    def _report_expired(self) -> None:
+        for res in self.ledger.expired:
+            log.warning("gate.reservation_expired", model=res.model)
+        self.ledger.expired.clear()
 
     def _inputs(self, name: str, route: str, options: dict[str, Any], desc: ModelDescription, snap: GpuSnapshot,
-                server: ServerSettings, residents: list[Resident]) -> Inputs:
-        kv = server.kv_cache_type
-        fa = server.flash_attention
-
-        def sizer(num_ctx: int, parallel: int, num_batch: int):
-            run = RunConfig(num_ctx=num_ctx, parallel=parallel, kv_type_k=kv, kv_type_v=kv, flash_attention=fa,
-                            num_batch=num_batch, num_ubatch=num_batch)
-            return estimate(desc, run)
-
-        host_bw = self.settings.host_bandwidth
-
-        def speed(fp: Any, gpu_bw: float, host_layers: int) -> float | None:
-            if gpu_bw <= 0 or host_bw <= 0:
-                return None
-            return decode_tokens_per_s(desc, fp, gpu_bw, host_bw, host_layers)
-
-        facts = ModelFacts(model_key(name), desc.layers, desc.context_length, desc.is_embedding, dict(desc.parameters),
-                           desc.architecture)
+                server: ServerSettings, residents: list[Resident], pending: tuple[Reservation, ...]) -> Inputs:
+        key = model_key(name)
         return Inputs(
-            request=LoadRequest(model_key(name), route, options),  # type: ignore[arg-type]
-            model=facts,
-            sizer=sizer,
+            request=LoadRequest(key, route, options),  # type: ignore[arg-type]
+            model=model_facts(key, desc),
+            sizer=sizer_for(desc, server),
             server=server,
             gpus=snap,
             residents=tuple(residents),
-            reservations=tuple(self.reservations),
+            reservations=pending,
             policy=self.policy,
             correction=self.residency.correction(name),
-            speed=speed,
+            speed=speed_for(desc, self.settings.host_bandwidth),
         )
 
     def _answer(self, request: AdmissionRequest, route: str, name: str, options: dict[str, Any],
-                body: dict[str, Any], decision: Admit | Refuse, reservation: Reservation | None,
+                body: dict[str, Any], decision: Admit | Refuse, token: int | None,
                 snap: GpuSnapshot) -> Forward | Respond:
         common = {"client": request.client, "model": name, "route": request.path,
                   "requested": load_options(options), "gpu_source": snap.source}
@@ -229,20 +256,19 @@ class Gate:
         if decision.note:
             fields["note"] = decision.note
         self.audit.event(event, **fields)
-        on_response, on_done = self._callbacks(name, decision, reservation)
+        on_response, on_done = self._callbacks(name, decision, token)
         return Forward(forwarded_body, admit_headers(decision), on_response, on_done)
 
-    def _callbacks(self, name: str, decision: Admit, reservation: Reservation | None):
-        """``on_response``: the load is over (release its reservation, check it); ``on_done``: the
-        request is over, so the model is idle again (Ollama may evict it)."""
+    def _callbacks(self, name: str, decision: Admit, token: int | None) -> tuple[Any, Any]:
+        """``on_response``: Ollama answered, so the load is over (mark its reservation answered, check
+        it landed on the GPU); ``on_done``: the request is over, the model is idle again."""
 
-        def end() -> None:
+        def on_done() -> None:
             self.residency.end(name)
 
-        def done(status: int) -> None:
-            if reservation is not None and reservation in self.reservations:
-                self.reservations.remove(reservation)
-                self._reserved_at.pop(id(reservation), None)
+        def on_response(status: int) -> None:
+            if token is not None:
+                self.ledger.answered(token)
             self.probe.invalidate()
             if status == 200 and decision.need is not None and not decision.unchanged:
                 load = VramgateLoad(decision.num_ctx or 0, int(decision.options.get("num_gpu", -1)),
@@ -251,18 +277,19 @@ class Gate:
             if status == 200 and decision.need is not None:
                 self._spawn(self._check_spill(name, decision))
 
-        return done, end
+        return on_response, on_done
 
     async def _check_spill(self, name: str, decision: Admit) -> None:
         """Closed loop: did the admitted load really land entirely on the GPU?"""
         assert decision.need is not None
         await asyncio.sleep(0.05)
         try:
-            async with self._lock:
-                residents = await self.residency.fetch(self.session, self.upstream)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("gate.closed_loop_failed", model=name, error=str(exc) or type(exc).__name__)
+            ps_models = await ollama_client.ps(self.session, self.upstream)
+        except OllamaUnavailable as exc:
+            log.warning("gate.closed_loop_failed", model=name, error=str(exc))
             return
+        async with self._lock:
+            residents = self.residency.join(ps_models)
         r = next((r for r in residents if r.name == model_key(name)), None)
         if r is None:
             return
@@ -276,12 +303,9 @@ class Gate:
         )
         if self.settings.unload_on_spill:
             try:
-                async with self.session.post(f"{self.upstream}/api/generate",
-                                             json={"model": name, "keep_alive": 0},
-                                             timeout=aiohttp.ClientTimeout(total=30)) as resp:
-                    await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("gate.unload_failed", model=name, error=str(exc) or type(exc).__name__)
+                await ollama_client.unload(self.session, self.upstream, name)
+            except OllamaUnavailable as exc:
+                log.warning("gate.unload_failed", model=name, error=str(exc))
             await asyncio.sleep(0.5)  # drivers report freed memory with a lag
             self.probe.invalidate()
 
@@ -333,62 +357,55 @@ class Gate:
 
     # --- upstream facts (cached) --------------------------------------------------------------
     async def _tag_digests(self) -> dict[str, str]:
+        """model -> digest@modified, cached 2 s: tells when a cached description is stale. {} when
+        Ollama cannot be asked (then nothing is taken from the cache)."""
         stamp, tags = self._tags
         if time.monotonic() - stamp < 2.0:
             return tags
         try:
-            async with self.session.get(f"{self.upstream}/api/tags", timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                data = await resp.json(content_type=None) if resp.status == 200 else {}
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            data = {}
-        models = data.get("models") if isinstance(data, dict) else None
-        tags = {
-            model_key(str(m.get("model") or m.get("name"))): f"{m.get('digest')}@{m.get('modified_at')}"
-            for m in models or [] if isinstance(m, dict)
-        }
+            models = await ollama_client.tags(self.session, self.upstream)
+        except OllamaUnavailable:
+            return {}
+        tags = {model_key(str(m.get("model") or m.get("name"))): f"{m.get('digest')}@{m.get('modified_at')}"
+                for m in models}
         self._tags = (time.monotonic(), tags)
         return tags
 
-    async def _describe(self, name: str) -> _Described | None:
-        """The model's description, fetched with /api/show once per digest. None: let Ollama answer."""
+    async def _describe(self, name: str) -> _Described:
+        """The model's description, fetched with /api/show once per digest.
+
+        Raises ModelUnknown (Ollama answers the load itself), OllamaUnavailable, ModelNotUnderstood."""
         key = model_key(name)
         digest = (await self._tag_digests()).get(key, "")
         cached = self._described.get(key)
         if cached is not None and cached.digest == digest and digest:
             return cached
-        try:
-            async with self.session.post(f"{self.upstream}/api/show", json={"model": name, "verbose": True},
-                                         timeout=aiohttp.ClientTimeout(total=30)) as resp:
-                if resp.status != 200:
-                    return None
-                show = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("gate.show_unavailable", model=name, error=str(exc) or type(exc).__name__)
-            return None
+        show = await ollama_client.show(self.session, self.upstream, name)
+        remote = show.get("remote_host")
+        if isinstance(remote, str) and remote:
+            return _Described(digest, None, remote)
         try:
             desc = description_from_show(show, name=key)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("gate.model_not_understood", model=name, error=str(exc))
-            return None
+            raise ModelNotUnderstood(str(exc)) from None
         described = _Described(digest, desc)
         self._described[key] = described
         return described
 
-    async def _server(self, snap: GpuSnapshot) -> ServerSettings:
-        if not self._version and time.monotonic() - self._version_checked > 30:
-            self._version = await fetch_version(self.session, self.upstream)
-            self._version_checked = time.monotonic()
+    async def _refresh_version(self) -> None:
+        """Ollama's version picks its sizing rules; asked at start and again while unknown (every 30 s)."""
+        if time.monotonic() - self._version_checked < 30 and self._version_checked:
+            return
+        self._version_checked = time.monotonic()
+        try:
+            self._version = await ollama_client.version(self.session, self.upstream)
+        except OllamaUnavailable as exc:
+            log.warning("ollama.version_unavailable", upstream=self.upstream, error=str(exc))
+
+    def _server(self, snap: GpuSnapshot) -> ServerSettings:
         fa_ok = all(g.compute_capability is None or g.compute_capability >= (6, 0) for g in snap.gpus)
         return server_settings(self.settings, self._version, fa_ok)
-
-    def _expire_reservations(self) -> None:
-        """A safety net: a reservation whose answer never came (a relay bug) must not block forever."""
-        now = time.monotonic()
-        for res in list(self.reservations):
-            if now - self._reserved_at.get(id(res), now) > RESERVATION_TTL:
-                self.reservations.remove(res)
-                self._reserved_at.pop(id(res), None)
-                log.warning("gate.reservation_expired", model=res.model)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -11,12 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import aiohttp
-import structlog
 
 from proxy.settings import Settings
 
-log = structlog.get_logger("vramgate.ollama_server")
 
 GiB = 1024**3
 Version = tuple[int, int, int]
@@ -108,16 +105,3 @@ def server_settings(settings: Settings, version_text: str, gpus_support_fa: bool
         context_length=settings.context_length,
         gpu_overhead=settings.gpu_overhead,
     )
-
-
-async def fetch_version(session: aiohttp.ClientSession, upstream: str) -> str:
-    """'' when the upstream cannot be asked; the caller keeps asking on later decisions."""
-    try:
-        async with session.get(f"{upstream}/api/version", timeout=aiohttp.ClientTimeout(total=5)) as resp:
-            if resp.status != 200:
-                return ""
-            data = await resp.json(content_type=None)
-            return str(data.get("version", "")) if isinstance(data, dict) else ""
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        log.warning("ollama.version_unavailable", upstream=upstream, error=str(exc) or type(exc).__name__)
-        return ""

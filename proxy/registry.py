@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,14 +34,6 @@ import aiohttp
 from yarl import URL
 
 from proxy.model_name import DEFAULT_HOST, ModelName, parse_pull_name
-
-__all__ = [
-    "DEFAULT_HOST", "DEFAULT_REGISTRY_HOSTS", "MANIFEST_ACCEPT", "MAX_REDIRECTS", "UNAVAILABLE_SENTENCE",
-    "ManifestSizes", "ModelName", "NoGgufLayer", "NotAllowed", "NotFound", "Registries", "Unavailable",
-    "manifest_sizes", "read_manifest",
-    # compatibility with the gate's current calls (see the note at the end of this module)
-    "ManifestNotFound", "RegistryUnavailable", "fetch_manifest", "manifest_url", "parse_model_name",
-]
 
 DEFAULT_REGISTRY_HOSTS = (DEFAULT_HOST, "hf.co")
 MANIFEST_ACCEPT = "application/vnd.docker.distribution.manifest.v2+json"
@@ -81,10 +72,10 @@ class NotAllowed:
     """The name's host is not an allowed registry; nothing was fetched."""
 
     host: str
-    allowed: tuple[str, ...]  # the configured registry_hosts (the registry base URL is not named)
+    allowed: tuple[str, ...]  # the default host and registry_hosts (the registry base URL is not named)
 
     def refusal(self, name_text: str) -> str:
-        hosts = ", ".join(self.allowed) if self.allowed else DEFAULT_HOST
+        hosts = ", ".join(self.allowed)
         return (f"vramgate refused to pull {name_text}: it reads model manifests only from {hosts},"
                 f" and {self.host} is not one of them. An operator can add it to VRAMGATE_REGISTRY_HOSTS.")
 
@@ -133,14 +124,20 @@ class Registries:
         return URL(self.registry).with_query(None).with_fragment(None)
 
     @property
+    def _base_host(self) -> str:
+        """``host[:port]`` of the registry base URL (port left out when it is the scheme's default)."""
+        base = self._base
+        return base.host_port_subcomponent.lower() if base.host else ""
+
+    @property
+    def public_hosts(self) -> tuple[str, ...]:
+        """The default host and ``hosts``, normalized, in order: what a refusal names."""
+        return tuple(dict.fromkeys([DEFAULT_HOST, *(h for h in map(_normalize_host, self.hosts) if h)]))
+
+    @property
     def allowed_hosts(self) -> frozenset[str]:
         """Lowercase ``host`` or ``host:port`` strings, compared with a name's host part as written."""
-        allowed = {_normalize_host(h) for h in self.hosts}
-        allowed.add(DEFAULT_HOST)
-        base = self._base
-        if base.host:
-            allowed.add(base.authority.lower())
-        return frozenset(allowed)
+        return frozenset({*self.public_hosts, self._base_host} - {""})
 
     def allows(self, name: ModelName) -> bool:
         return name.host.lower() in self.allowed_hosts
@@ -150,9 +147,8 @@ class Registries:
         host = name.host.lower()
         if host not in self.allowed_hosts:
             return None
-        base = self._base
-        if host == DEFAULT_HOST or (base.host and host == base.authority.lower()):
-            root = str(base).rstrip("/")
+        if host in (DEFAULT_HOST, self._base_host):
+            root = str(self._base).rstrip("/")
         else:
             root = f"{'http' if insecure else 'https'}://{host}"
         # every part matched Ollama's grammar: nothing in them needs (or admits) quoting
@@ -165,7 +161,7 @@ async def read_manifest(session: aiohttp.ClientSession, name: ModelName, registr
     """Read ``name``'s manifest (all network through ``session``) and size its GGUF layers."""
     url = registries.manifest_url(name, insecure=insecure)
     if url is None:
-        return NotAllowed(name.host, tuple(registries.hosts))
+        return NotAllowed(name.host, registries.public_hosts)
     try:
         manifest = await _get_manifest(session, url, timeout)
     except ManifestNotFound:
@@ -248,7 +244,7 @@ async def _get_manifest(session: aiohttp.ClientSession, url: URL, timeout: float
                     raise RegistryUnavailable(f"{current} answered HTTP {status}")
     except (ManifestNotFound, RegistryUnavailable):
         raise
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:  # RecursionError: json nesting
         raise RegistryUnavailable(f"{url}: {str(exc) or type(exc).__name__}") from None
 
 
@@ -313,7 +309,3 @@ def manifest_url(name: ModelName, default_registry: str, insecure: bool = False)
 async def fetch_manifest(session: aiohttp.ClientSession, url: str, timeout: float = 10.0) -> dict[str, Any]:
     """Deprecated (no allow-list). Raises ManifestNotFound or RegistryUnavailable (detail: log only)."""
     return await _get_manifest(session, URL(url, encoded=True), timeout)
-
-
-def allowed_hosts_of(names: Iterable[str]) -> tuple[str, ...]:  # pragma: no cover - helper for callers
-    return tuple(_normalize_host(n) for n in names)

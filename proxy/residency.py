@@ -12,10 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import aiohttp
-import structlog
-
-log = structlog.get_logger("vramgate.residency")
 
 
 def model_key(name: str) -> str:
@@ -111,13 +107,6 @@ class Residency:
         for gone in set(self.loads) - present:  # unloaded since: its options no longer apply
             del self.loads[gone]
         return residents
-
-    async def fetch(self, session: aiohttp.ClientSession, upstream: str) -> list[Resident]:
-        """Raises ``aiohttp.ClientError``/``TimeoutError`` when Ollama cannot be asked."""
-        async with session.get(f"{upstream}/api/ps", timeout=aiohttp.ClientTimeout(total=10)) as resp:
-            resp.raise_for_status()
-            data = await resp.json(content_type=None)
-        return self.join(parse_ps(data))
 
 
 def _int(value: object) -> int:
