@@ -19,6 +19,8 @@ from time import perf_counter
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -42,6 +44,9 @@ _log = get_logger("vramgate.relay")
 
 class BodyTooLarge(Exception):
     pass
+
+
+BODY_ERRORS = (HttpProcessingError, RequestPayloadError)  # the client's body is malformed
 
 
 class BodyStalled(Exception):
@@ -89,9 +94,9 @@ class Relay:
             return self._answer(request, target.path, f"request body too large for vramgate to inspect "
                                 f"(limit {self._max_inspected // 1024**2} MiB)", 413, started, "too_large",
                                 close=True)
-        except aiohttp.http_exceptions.HttpProcessingError as exc:  # a malformed body (bad chunk framing)
-            return self._answer(request, target.path, f"malformed request body: {exc.message}", 400, started,
-                                "bad_body", close=True)
+        except BODY_ERRORS as exc:  # a malformed body (bad chunk framing)
+            return self._answer(request, target.path, f"malformed request body: {getattr(exc, 'message', exc)}",
+                                400, started, "bad_body", close=True)
         except asyncio.CancelledError:
             self._log(request, target.path, 0, 0, started, None, "client_gone")
             raise
@@ -129,14 +134,14 @@ class Relay:
                     on_response(upstream.status)
                     on_response = None
                 return await self._relay(request, target, upstream, forward, started, perf_counter() - started)
-        except (BodyStalled, BodyTooLarge, aiohttp.http_exceptions.HttpProcessingError):
+        except (BodyStalled, BodyTooLarge, *BODY_ERRORS):
             raise
         except TimeoutError:
             return self._answer(request, target.path, f"vramgate got no answer from the upstream Ollama at "
                                 f"{self.upstream} in time", 504, started, "upstream_timeout")
         except aiohttp.ClientError as exc:
             cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, (BodyStalled, BodyTooLarge, aiohttp.http_exceptions.HttpProcessingError)):
+            if isinstance(cause, (BodyStalled, BodyTooLarge, *BODY_ERRORS)):
                 raise cause from None  # the client's body failed, not the upstream
             return self._answer(request, target.path, f"vramgate cannot reach the upstream Ollama at "
                                 f"{self.upstream}: {_reason(exc)}", 502, started, "upstream_unreachable")

@@ -22,7 +22,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_parser import HttpRequestParserPy
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from proxy.access_log import AccessLog
 from proxy.admission import Admission, PassThrough
@@ -44,7 +45,27 @@ class StartError(Exception):
 
 
 class _Protocol(RequestHandler):
-    """aiohttp's per-connection handler, answering malformed requests in Ollama's JSON shape."""
+    """aiohttp's per-connection handler, answering malformed requests in Ollama's JSON shape.
+
+    It parses with aiohttp's pure-Python request parser: the C (llhttp) one, as of aiohttp 3.14,
+    keeps a chunked body's trailer field pending and adds it to the *next* pipelined request's
+    headers (tests/test_edge_regressions.py shows it), which would let a client smuggle a header
+    into a request it does not own. The Python parser drops trailers; it costs a few microseconds
+    per request head, nothing next to a model call. It is also told to hand over one request at a
+    time, so garbage pipelined behind valid requests costs only itself an answer.
+    """
+
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._max_msg_queue_size, self._msg_queue_resume_size = 1, 0  # (see max_msg_queue_size below)
+        self._parser = HttpRequestParserPy(
+            self, kwargs["loop"], self._read_bufsize, max_line_size=self.max_line_size,
+            max_field_size=self.max_field_size, max_headers=self.max_headers,
+            payload_exception=RequestPayloadError, auto_decompress=False,
+            # one parsed request at a time: a malformed request pipelined behind good ones then fails
+            # alone, after the good ones were handed over (aiohttp drops a whole batch on an error)
+            max_msg_queue_size=1,
+        )
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -61,7 +82,43 @@ class _Protocol(RequestHandler):
         _log.info("request.malformed", status=status, error=str(getattr(exc, "message", exc)), client=request.remote)
         response = web.Response(status=status, body=error_body("/", text, status), headers={"Content-Type": JSON_TYPE})
         response.force_close()
+        if self.transport is not None and not isinstance(self.transport, _LingeringClose):
+            self.transport = _LingeringClose(self.transport)
         return response
+
+    def eof_received(self) -> None:
+        if isinstance(self.transport, _LingeringClose):
+            self.transport.peer_done()
+
+
+class _LingeringClose:
+    """Closes the way RFC 9112 §9.6 asks after an error answer: send, half-close, read what the
+    client still sends (aiohttp discards it), then close. Closing at once, with the client's bytes
+    still arriving, makes the kernel send a reset that destroys the answer before it is read."""
+
+    LINGER = 2.0
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        if self._timer is not None or self._transport.is_closing():
+            return
+        try:
+            self._transport.write_eof()  # after the answer is flushed
+        except (OSError, RuntimeError, NotImplementedError):
+            self._transport.close()
+            return
+        self._timer = asyncio.get_running_loop().call_later(self.LINGER, self._transport.close)
+
+    def peer_done(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport.close()
 
 
 class _Server(web.Server):
@@ -128,6 +185,7 @@ async def start_server(
         max_field_size=settings.max_header_size,
         max_headers=settings.max_headers,
         lingering_time=5.0,  # read what a refused client still sends, so it sees the answer (no reset)
+        auto_decompress=False,  # bodies are relayed as sent: a gzip body stays gzip (Ollama rejects it too)
     )
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=settings.shutdown_grace)
     try:
