@@ -33,6 +33,15 @@ class Audit:
         self.path = path
         self._lock = threading.Lock()
 
+    def check(self) -> None:
+        """At start: a decision log that cannot be written is a start-up error, not a silent gap."""
+        if self.path is not None:
+            try:
+                with open(self.path, "a", encoding="utf-8"):
+                    pass
+            except OSError as exc:
+                raise OSError(f"cannot write the audit file {self.path}: {exc.strerror or exc}") from None
+
     def event(self, name: str, **fields: Any) -> None:
         (log.warning if name in _WARN else log.info)(name, **fields)
         if self.path is None:

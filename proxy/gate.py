@@ -98,6 +98,8 @@ class Gate:
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
+        """Raises what makes the gate unusable (the audit file); vramgate then exits saying why."""
+        self.audit.check()
         snap = await asyncio.to_thread(self.probe.start)
         await self._refresh_version()
         log.info(
@@ -160,7 +162,7 @@ class Gate:
         assert desc is not None
         read_started = time.monotonic()  # Ollama's state and the GPUs, read before the lock
         try:
-            ps_models = await ollama_client.ps(self.session, self.upstream)
+            ps_models = await ollama_client.ps(self.session, self.upstream, self.settings.probe_timeout)
         except OllamaUnavailable as exc:
             return self._cannot_judge(request, name, "what Ollama holds (/api/ps)", exc)
         snap = await asyncio.to_thread(self.probe.snapshot)
@@ -284,7 +286,7 @@ class Gate:
         assert decision.need is not None
         await asyncio.sleep(0.05)
         try:
-            ps_models = await ollama_client.ps(self.session, self.upstream)
+            ps_models = await ollama_client.ps(self.session, self.upstream, self.settings.probe_timeout)
         except OllamaUnavailable as exc:
             log.warning("gate.closed_loop_failed", model=name, error=str(exc))
             return
@@ -363,7 +365,7 @@ class Gate:
         if time.monotonic() - stamp < 2.0:
             return tags
         try:
-            models = await ollama_client.tags(self.session, self.upstream)
+            models = await ollama_client.tags(self.session, self.upstream, self.settings.probe_timeout)
         except OllamaUnavailable:
             return {}
         tags = {model_key(str(m.get("model") or m.get("name"))): f"{m.get('digest')}@{m.get('modified_at')}"
@@ -380,7 +382,7 @@ class Gate:
         cached = self._described.get(key)
         if cached is not None and cached.digest == digest and digest:
             return cached
-        show = await ollama_client.show(self.session, self.upstream, name)
+        show = await ollama_client.show(self.session, self.upstream, name, self.settings.probe_timeout)
         remote = show.get("remote_host")
         if isinstance(remote, str) and remote:
             return _Described(digest, None, remote)
@@ -399,7 +401,7 @@ class Gate:
             return
         self._version_checked = time.monotonic()
         try:
-            self._version = await ollama_client.version(self.session, self.upstream)
+            self._version = await ollama_client.version(self.session, self.upstream, self.settings.probe_timeout)
         except OllamaUnavailable as exc:
             log.warning("ollama.version_unavailable", upstream=self.upstream, error=str(exc))
 

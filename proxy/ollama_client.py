@@ -14,8 +14,8 @@ import aiohttp
 
 from proxy.settings import Settings
 
-SHOW_TIMEOUT = 30.0  # /api/show of a large model reads its whole tensor list
-QUICK_TIMEOUT = 5.0  # /api/ps, /api/tags, /api/version answer from memory
+QUICK_TIMEOUT = 5.0  # default for /api/ps, /api/tags, /api/version: they answer from memory
+SHOW_FACTOR = 6  # /api/show of a large model reads its whole tensor list: six times as long
 
 
 class OllamaUnavailable(Exception):
@@ -56,10 +56,11 @@ async def _json(session: aiohttp.ClientSession, method: str, url: str, timeout: 
         raise OllamaUnavailable(f"{method} {url}: {str(exc) or type(exc).__name__}") from None
 
 
-async def show(session: aiohttp.ClientSession, upstream: str, model: str) -> dict[str, Any]:
+async def show(session: aiohttp.ClientSession, upstream: str, model: str,
+               timeout: float = QUICK_TIMEOUT) -> dict[str, Any]:
     """``/api/show`` with ``verbose`` (per-layer arrays are null without it). Raises ModelUnknown when
     Ollama does not know the model or the name (it answers the load itself with its own 404/400)."""
-    data = await _json(session, "POST", f"{upstream}/api/show", SHOW_TIMEOUT, {"model": model, "verbose": True},
+    data = await _json(session, "POST", f"{upstream}/api/show", timeout * SHOW_FACTOR, {"model": model, "verbose": True},
                        missing_ok=True)
     if not isinstance(data, dict):
         raise OllamaUnavailable("/api/show answered something that is not a JSON object")
@@ -71,14 +72,14 @@ async def ps(session: aiohttp.ClientSession, upstream: str, timeout: float = QUI
     return _models(data)
 
 
-async def tags(session: aiohttp.ClientSession, upstream: str) -> list[dict[str, Any]]:
-    data = await _json(session, "GET", f"{upstream}/api/tags", QUICK_TIMEOUT)
+async def tags(session: aiohttp.ClientSession, upstream: str, timeout: float = QUICK_TIMEOUT) -> list[dict[str, Any]]:
+    data = await _json(session, "GET", f"{upstream}/api/tags", timeout)
     return _models(data)
 
 
-async def version(session: aiohttp.ClientSession, upstream: str) -> str:
+async def version(session: aiohttp.ClientSession, upstream: str, timeout: float = QUICK_TIMEOUT) -> str:
     """'' when the upstream does not say; raises OllamaUnavailable when it cannot be asked."""
-    data = await _json(session, "GET", f"{upstream}/api/version", QUICK_TIMEOUT)
+    data = await _json(session, "GET", f"{upstream}/api/version", timeout)
     return str(data.get("version", "")) if isinstance(data, dict) else ""
 
 

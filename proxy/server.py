@@ -174,7 +174,12 @@ async def start_server(
     session = new_session(settings)
     chosen: Any = admission
     if chosen is None:
-        chosen = admission_factory(settings, session) if admission_factory is not None else PassThrough()
+        try:
+            chosen = admission_factory(settings, session) if admission_factory is not None else PassThrough()
+        except Exception as exc:
+            sock.close()
+            await session.close()
+            raise StartError(f"cannot build the fit gate: {type(exc).__name__}: {exc}") from exc
     relay = Relay(settings, session, access, cors, hosts)
     server = _Server(
         relay.handle,
@@ -193,7 +198,7 @@ async def start_server(
             try:
                 await chosen.start()
             except Exception as exc:
-                raise StartError(f"cannot start the fit gate: {type(exc).__name__}: {exc}") from exc
+                raise StartError(f"cannot start the fit gate: {exc}") from exc
         relay.attach(chosen)
         await runner.setup()
         await web.SockSite(runner, sock).start()

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     listen: str = "127.0.0.1:11435"
     connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(0.0, ge=0)  # 0 = none: cold loads can take minutes
+    probe_timeout: float = Field(5.0, gt=0)  # the gate's own questions to Ollama (/api/ps, /api/tags, ...)
     shutdown_grace: float = Field(15.0, ge=0)
     # --- limits on what a client may send (each breach is answered, in Ollama's JSON shape) ------
     max_request_line: int = Field(8190, ge=256)  # bytes; longer is 431 (as Go's head limit)

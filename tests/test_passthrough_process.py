@@ -167,3 +167,18 @@ async def test_sigterm_drain_is_bounded_by_shutdown_grace(emulator: Emulator, em
         if running.proc.returncode is None:
             running.proc.kill()
             await running.proc.wait()
+
+
+async def test_a_gate_that_cannot_start_is_one_line_and_exit_1(emulator_url: str, tmp_path: Path) -> None:
+    """Never a silent pass-through: the gate is built at start, or vramgate says why and exits."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("VRAMGATE_", "OLLAMA_"))}
+    clean.update(VRAMGATE_LOG_FORMAT="json", VRAMGATE_GPU="none",
+                 VRAMGATE_AUDIT_FILE=str(tmp_path / "no-such-dir" / "audit.jsonl"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "--upstream", emulator_url, "--listen", "127.0.0.1:0",
+        cwd=REPO, env=clean, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 1
+    lines = err.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vramgate: cannot start the fit gate: cannot write the audit file")
+    assert b"vramgate started" not in out
