@@ -16,10 +16,11 @@ from typing import Protocol
 @dataclass(frozen=True)
 class AdmissionRequest:
     method: str
-    path: str  # request path without the query string
+    path: str  # request path without the query string (as Ollama's router sees it)
     headers: Mapping[str, str]
     body: bytes  # the complete request body as the client sent it
-    client: str  # who asked: the remote address (or a user header when one is configured)
+    client: str  # who asked: the remote address
+    query: str = ""  # the raw query string, without "?"
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Forward:
     # Called exactly once when the relayed exchange is over in any way (body ended, client gone,
     # upstream failed or unreachable), after on_response. Must not block either.
     on_done: Callable[[], None] | None = None
+    query: str | None = None  # replaces the client's query string (without "?") when set
 
 
 @dataclass(frozen=True)

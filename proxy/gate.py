@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import structlog
@@ -33,27 +34,44 @@ from proxy.decision import (
     Admit,
     Inputs,
     LoadRequest,
-    ModelFacts,
     Policy,
     Refuse,
     Reservation,
     check_pull,
     decide,
 )
-from proxy.reservations import ReservationLedger
-from proxy.explanation import admit_headers, pull_refusal_body, refusal_body, refusal_headers, refusal_text
+from proxy.errors import error_body
+from proxy.explanation import (
+    admit_headers,
+    pull_refusal_body,
+    refusal_body,
+    refusal_headers,
+    refusal_text,
+)
 from proxy.footprint import ModelDescription, description_from_show
+from proxy.gojson import GoObject, GoRejects, Unreadable, encode
 from proxy.gpus import GpuProbe, GpuSnapshot
+from proxy.model_name import create_pull_name, parse_pull_name
+from proxy.multipart import NotMultipart, UnreadableMultipart, multipart_fields
 from proxy.ollama_client import ModelUnknown, OllamaUnavailable
+from proxy.ollama_requests import (
+    InvalidOption,
+    Parsed,
+    Rejection,
+    option_int,
+    read_request,
+    transcription_model,
+)
 from proxy.ollama_server import ServerSettings, server_settings
 from proxy.registry import (
-    ManifestNotFound,
-    RegistryUnavailable,
-    fetch_manifest,
-    manifest_sizes,
-    manifest_url,
-    parse_model_name,
+    ManifestSizes,
+    NotAllowed,
+    NotFound,
+    Registries,
+    Unavailable,
+    read_manifest,
 )
+from proxy.reservations import ReservationLedger
 from proxy.residency import Residency, Resident, VramgateLoad, model_key
 from proxy.settings import Settings
 from proxy.sizing import model_facts, sizer_for, speed_for
@@ -62,8 +80,10 @@ log = structlog.get_logger("vramgate.gate")
 
 NATIVE_LOAD = {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"}
 OPENAI_LOAD = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"}
+TRANSCRIPTIONS = "/v1/audio/transcriptions"  # multipart; loads a model like /v1/chat/completions
 PULLS = {"/api/pull", "/api/create"}
-INT_OPTIONS = ("num_ctx", "num_gpu", "num_batch", "main_gpu", "num_thread")
+GATED = frozenset(NATIVE_LOAD | OPENAI_LOAD | PULLS | {TRANSCRIPTIONS})
+LOAD_INT_OPTIONS = ("num_ctx", "num_gpu", "num_batch", "main_gpu", "num_thread")
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 
 
@@ -85,6 +105,7 @@ class Gate:
         self.session = session
         self.upstream = settings.upstream
         self.policy = Policy.from_settings(settings)
+        self.registries = Registries.from_settings(settings)
         self.probe = probe or GpuProbe(settings)
         self.audit = audit or Audit(settings.audit_file)
         self.residency = Residency()
@@ -119,45 +140,46 @@ class Gate:
 
     # --- Admission ----------------------------------------------------------------------------
     def inspects(self, method: str, path: str) -> bool:
-        return method == "POST" and (path in NATIVE_LOAD or path in OPENAI_LOAD or path in PULLS)
+        return method == "POST" and path in GATED
 
     async def admit(self, request: AdmissionRequest) -> Forward | Respond:
-        try:
-            body = json.loads(request.body) if request.body else None
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            return Forward(request.body, {"X-Vramgate-Decision": "passed unreadable body"})
+        """Read the body as Ollama's Go decoder will, then judge exactly that."""
+        if request.path == TRANSCRIPTIONS:
+            return await self._admit_transcription(request)
+        if request.path.startswith("/v1/") and request.headers.get("Content-Encoding", "") == "zstd":
+            # Ollama decompresses zstd bodies on /v1 (and only there); vramgate does not read them
+            return _cannot_read(request, "a zstd-compressed body: send it uncompressed")
+        parsed = read_request(request.path, request.body)
+        if isinstance(parsed, GoRejects):  # Ollama's decoder refuses it too: its own error comes back
+            return _untouched(request, "passed: Ollama rejects this body")
+        if isinstance(parsed, Unreadable):  # Go would accept it, vramgate cannot read it: fail closed
+            return _cannot_read(request, str(parsed))
+        if parsed.rejected is not None:  # Ollama answers it before loading or pulling anything
+            return _untouched(request, f"passed: Ollama answers {parsed.rejected.status}")
         if request.path in PULLS:
-            return await self._admit_pull(request, body)
-        return await self._admit_load(request, body)
+            return await self._admit_pull(request, parsed)
+        return await self._admit_load(request, parsed)
 
     # --- loads --------------------------------------------------------------------------------
-    async def _admit_load(self, request: AdmissionRequest, body: dict[str, Any]) -> Forward | Respond:
-        route = "openai" if request.path in OPENAI_LOAD else "native"
-        name = body.get("model")
-        if not isinstance(name, str) or not name.strip():
-            return _untouched(request, "passed no model")
-        options = body.get("options", {}) if route == "native" else {}
-        if options is None:
-            options = {}
-        if not isinstance(options, dict) or not _int_options_ok(options):
-            return _untouched(request, "passed invalid options")
-        options = {k: (int(v) if k in INT_OPTIONS and isinstance(v, float) else v) for k, v in options.items()}
-        if route == "native" and _is_unload(request.path, body):
+    async def _admit_load(self, request: AdmissionRequest, parsed: Parsed) -> Forward | Respond:
+        route = "openai" if request.path.startswith("/v1/") else "native"
+        name = parsed.model
+        if not name.strip():
+            return _forward(parsed, "passed no model")  # Ollama: 400 model is required
+        if parsed.unload:
             # never refused; the memory it frees is read afresh on the next decision
-            return Forward(request.body, {"X-Vramgate-Decision": "unload"}, lambda status: self.probe.invalidate())
-
+            return Forward(parsed.body(), {"X-Vramgate-Decision": "unload"}, lambda status: self.probe.invalidate())
+        options = decision_options(parsed.options)
         try:
             described = await self._describe(name)
         except ModelUnknown:
-            return _untouched(request, "passed unknown model")  # Ollama answers with its own 404/400
+            return _forward(parsed, "passed unknown model")  # Ollama answers with its own 404/400
         except OllamaUnavailable as exc:
             return self._cannot_judge(request, name, "its description (/api/show)", exc)
         except ModelNotUnderstood as exc:
             return self._cannot_judge(request, name, "a footprint for it", exc, status=501)
         if described.remote_host:
-            return _untouched(request, f"passed remote model ({described.remote_host})")
+            return _forward(parsed, f"passed remote model ({described.remote_host})")
         desc = described.description
         assert desc is not None
         read_started = time.monotonic()  # Ollama's state and the GPUs, read before the lock
@@ -184,7 +206,7 @@ class Gate:
                 token = self.ledger.hold(Reservation(model_key(name), decision.per_gpu, decision.evicts))
             if isinstance(decision, Admit):
                 self.residency.begin(name)
-        return self._answer(request, route, name, options, body, decision, token, snap)
+        return self._answer(request, route, name, options, parsed, decision, token, snap)
 
     def _cannot_judge(self, request: AdmissionRequest, name: str, what: str, exc: BaseException,
                       status: int = 503) -> Respond:
@@ -225,7 +247,7 @@ class Gate:
         )
 
     def _answer(self, request: AdmissionRequest, route: str, name: str, options: dict[str, Any],
-                body: dict[str, Any], decision: Admit | Refuse, token: int | None,
+                parsed: Parsed, decision: Admit | Refuse, token: int | None,
                 snap: GpuSnapshot) -> Forward | Respond:
         common = {"client": request.client, "model": name, "route": request.path,
                   "requested": load_options(options), "gpu_source": snap.source}
@@ -242,11 +264,10 @@ class Gate:
             if request.path == "/v1/messages":
                 body_bytes = _anthropic_error(body_bytes)
             return Respond(decision.status, body_bytes, refusal_headers(decision))
-        forwarded_body = request.body
+        bound = parsed.bound
         if not decision.unchanged:
-            new = dict(body)
-            new["options"] = decision.options
-            forwarded_body = json.dumps(new).encode()
+            bound = replace(bound, values={**bound.values, "options": decision.options})
+        forwarded_body = encode(bound.rebuild())  # what Ollama reads is what was judged, nothing else
         event = {"rewritten": "load.rewritten", "sticky": "load.sticky", "resident": "load.resident"}.get(
             decision.reason, "load.admitted")
         fields: dict[str, Any] = dict(common, forwarded=load_options(decision.options), reason=decision.reason)
@@ -312,46 +333,69 @@ class Gate:
             self.probe.invalidate()
 
     # --- pulls --------------------------------------------------------------------------------
-    async def _admit_pull(self, request: AdmissionRequest, body: dict[str, Any]) -> Forward | Respond:
+    async def _admit_pull(self, request: AdmissionRequest, parsed: Parsed) -> Forward | Respond:
+        values = parsed.bound.values
         if request.path == "/api/create":
-            source = body.get("from")
-            if not isinstance(source, str) or not source.strip() or await self._is_local(source):
-                return _untouched(request, "passed")
-            name_text = source
+            source = values.get("from", "")
+            name = create_pull_name(source, values.get("remote_host", "")) if source.strip() else None
+            if name is None or await self._is_local(source):
+                return _forward(parsed, "passed")  # nothing to download (or Ollama refuses the name)
+            name_text, insecure = source, False  # create's implicit pull never uses insecure
         else:
-            name_text = body.get("model") or body.get("name")
-            if not isinstance(name_text, str):
-                return _untouched(request, "passed")
-        name = parse_model_name(name_text)
-        if name is None:
-            return _untouched(request, "passed")
-        url = manifest_url(name, self.settings.registry, insecure=body.get("insecure") is True)
-        try:
-            manifest = await fetch_manifest(self.session, url)
-        except ManifestNotFound:
-            return _untouched(request, "passed unknown model")
-        except RegistryUnavailable as exc:
+            name_text = parsed.model
+            name = parse_pull_name(name_text)
+            if name is None:
+                return _forward(parsed, "passed")  # Ollama answers 400 invalid model name, fetching nothing
+            insecure = values.get("insecure") is True
+        result = await read_manifest(self.session, name, self.registries, insecure=insecure)
+        if isinstance(result, NotAllowed):
+            self.audit.event("pull.refused", client=request.client, model=name_text, reason="registry_not_allowed",
+                             status=403, host=result.host)
+            return Respond(403, json.dumps({"error": result.refusal(name_text)}).encode(),
+                           {**JSON_HEADERS, "X-Vramgate-Decision": "refused 403 registry_not_allowed"})
+        if isinstance(result, Unavailable):
             if self.settings.pull_check_failure == "refuse":
-                text = (f"vramgate refused to pull {name_text}: it could not read the model's manifest to check that it"
-                        f" fits the GPUs ({exc}). Retry later, or set VRAMGATE_PULL_CHECK_FAILURE=allow.")
                 self.audit.event("pull.refused", client=request.client, model=name_text, reason="registry_unreachable",
-                                 status=503, error=str(exc))
-                return Respond(503, json.dumps({"error": text}).encode(),
+                                 status=503, error=result.detail)  # the detail is for the log, not the client
+                return Respond(503, json.dumps({"error": result.refusal(name_text)}).encode(),
                                {**JSON_HEADERS, "Retry-After": "60", "X-Vramgate-Decision": "refused 503 registry"})
-            self.audit.event("pull.check_failed", client=request.client, model=name_text, error=str(exc))
-            return _untouched(request, "passed unchecked")
-        sizes = manifest_sizes(manifest)
-        if sizes is None:
-            return _untouched(request, "passed")
-        snap = self.probe.snapshot()
-        refused = check_pull(name_text, sizes.weights_bytes, sizes.projector_bytes, snap, self.policy)
+            self.audit.event("pull.check_failed", client=request.client, model=name_text, error=result.detail)
+            return _forward(parsed, "passed unchecked")
+        if isinstance(result, NotFound):
+            return _forward(parsed, "passed unknown model")
+        if not isinstance(result, ManifestSizes):  # no GGUF layer (safetensors, MLX): not judged
+            return _forward(parsed, "passed")
+        snap = await asyncio.to_thread(self.probe.snapshot)
+        refused = check_pull(name_text, result.weights_bytes, result.projector_bytes, snap, self.policy)
         if refused is None:
-            self.audit.event("pull.admitted", client=request.client, model=name_text, weights_bytes=sizes.weights_bytes,
-                             projector_bytes=sizes.projector_bytes)
-            return Forward(request.body, {"X-Vramgate-Decision": "admitted"})
+            self.audit.event("pull.admitted", client=request.client, model=name_text,
+                             weights_bytes=result.weights_bytes, projector_bytes=result.projector_bytes)
+            return _forward(parsed, "admitted")
         self.audit.event("pull.refused", client=request.client, model=name_text, reason="too_big", status=507,
                          weights_bytes=refused.weights, projector_bytes=refused.projector, usable_bytes=refused.usable)
         return Respond(507, pull_refusal_body(refused), {**JSON_HEADERS, "X-Vramgate-Decision": "refused 507 too_big"})
+
+    # --- /v1/audio/transcriptions -------------------------------------------------------------
+    async def _admit_transcription(self, request: AdmissionRequest) -> Forward | Respond:
+        """Multipart: Ollama takes ``FormValue("model")``, the URL query's first value before the
+        form's. vramgate judges that model and forwards the request with ``model=<it>`` put first
+        in the query, so Ollama reads the model that was judged whatever the multipart says."""
+        try:
+            fields = multipart_fields(request.headers.get("Content-Type", ""), request.body)
+        except NotMultipart:
+            return _untouched(request, "passed: Ollama rejects this body")  # Go answers 400 too
+        except UnreadableMultipart as exc:
+            return _cannot_read(request, f"a multipart body it cannot read ({exc})")
+        model = transcription_model(request.query, fields)
+        if isinstance(model, Rejection):
+            return _untouched(request, f"passed: Ollama answers {model.status}")
+        parsed = read_request("/v1/chat/completions", encode(GoObject([("model", model)])))
+        assert not isinstance(parsed, (GoRejects, Unreadable))
+        decision = await self._admit_load(request, parsed)
+        if isinstance(decision, Respond):
+            return decision
+        query = "model=" + quote(model, safe="") + ("&" + request.query if request.query else "")
+        return replace(decision, body=request.body, query=query)
 
     async def _is_local(self, name: str) -> bool:
         tags = await self._tag_digests()
@@ -423,42 +467,33 @@ def build_admission(settings: Settings, session: aiohttp.ClientSession) -> Gate:
 
 
 def _untouched(request: AdmissionRequest, why: str) -> Forward:
+    """The client's own bytes: only for what Ollama refuses before loading anything."""
     return Forward(request.body, {"X-Vramgate-Decision": why})
 
 
-def _int_options_ok(options: dict[str, Any]) -> bool:
-    """Wrong types go to Ollama untouched so its own error comes back."""
-    for key in INT_OPTIONS:
-        if key in options:
-            value = options[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return False
-    return True
+def _forward(parsed: Parsed, why: str) -> Forward:
+    """The canonical body: Ollama reads exactly what vramgate read."""
+    return Forward(parsed.body(), {"X-Vramgate-Decision": why})
 
 
-def _is_unload(path: str, body: dict[str, Any]) -> bool:
-    """Empty prompt/messages with keep_alive 0: Ollama unloads without loading (never refused).
-
-    Embedding routes have no such case: an empty input loads (and is planned like any load).
-    """
-    if not _zero_keep_alive(body.get("keep_alive")):
-        return False
-    if path == "/api/generate":
-        return not body.get("prompt")
-    if path == "/api/chat":
-        return not body.get("messages")
-    return False
+def _cannot_read(request: AdmissionRequest, why: str) -> Respond:
+    """Fail closed on a body Ollama would act on but vramgate cannot read."""
+    text = f"vramgate cannot judge this request, so it did not forward it: {why}."
+    return Respond(400, error_body(request.path, text, 400),
+                   {**JSON_HEADERS, "X-Vramgate-Decision": "refused 400 unreadable"})
 
 
-def _zero_keep_alive(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float)):
-        return value == 0
-    if isinstance(value, str):
-        text = value.strip().lower()
-        return text == "0" or (text[:1] == "0" and text.rstrip("nsuµmh").replace(".", "").strip("0") == "")
-    return False
+def decision_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The client's options with the load-time ones as Ollama's FromMap reads them (ints, null =
+    unset); the rest kept as sent, to be forwarded unchanged."""
+    out = dict(options or {})
+    for key in LOAD_INT_OPTIONS:
+        value = option_int(out, key) if key in out else None
+        if value is None or isinstance(value, InvalidOption):  # (invalid ones were answered by Ollama)
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
 
 
 def _anthropic_error(openai_body: bytes) -> bytes:

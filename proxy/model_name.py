@@ -243,18 +243,3 @@ def create_pull_name(from_: str, remote_host: str = "") -> ModelName | None:
     if ref is None or ref.source == "cloud" or remote_host:
         return None
     return parse_name(ref.base)
-
-
-def go_json_field(body: dict[str, object], field: str) -> object:
-    """The value Go's encoding/json binds to a struct field tagged ``field`` (ASCII, lowercase).
-
-    Go matches object keys to fields case-insensitively, with Unicode simple folding (``ſ`` is an
-    ``s``, the Kelvin sign a ``k``), and a later matching key overwrites an earlier one. So
-    ``{"MODEL": "x"}`` pulls ``x``; a gate that only looks at ``body["model"]`` would miss it.
-    None when no key matches.
-    """
-    value: object = None
-    for key, item in body.items():
-        if key == field or key.replace("\u017f", "s").replace("\u212a", "k").lower() == field:
-            value = item
-    return value

@@ -46,7 +46,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import keep_alive
-from proxy.gojson import Bound, Custom, GoRejects, Kind, Unreadable, bind, decode, encode, names_match
+from proxy.gojson import (
+    Bound,
+    Custom,
+    GoRejects,
+    Kind,
+    Unreadable,
+    bind,
+    decode,
+    encode,
+    names_match,
+)
 
 THINK_LEVELS = frozenset({"high", "medium", "low", "max"})
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-
 from proxy.settings import Settings
-
 
 GiB = 1024**3
 Version = tuple[int, int, int]

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import aiohttp
 from yarl import URL
 
-from proxy.model_name import DEFAULT_HOST, ModelName, parse_pull_name
+from proxy.model_name import DEFAULT_HOST, ModelName
 
 DEFAULT_REGISTRY_HOSTS = (DEFAULT_HOST, "hf.co")
 MANIFEST_ACCEPT = "application/vnd.docker.distribution.manifest.v2+json"
@@ -290,22 +290,3 @@ async def _anonymous_token(session: aiohttp.ClientSession, url: URL, challenge: 
     if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
         raise RegistryUnavailable(f"token realm {realm} returned no token")
     return token
-
-
-# --- compatibility: what proxy/gate.py calls today ------------------------------------------------
-# The gate should move to parse_pull_name/create_pull_name + Registries + read_manifest; these keep
-# its current code and tests working meanwhile. They do NOT apply the host allow-list.
-
-parse_model_name = parse_pull_name
-
-
-def manifest_url(name: ModelName, default_registry: str, insecure: bool = False) -> str:
-    """Deprecated (no allow-list): the URL for ``name`` with any host allowed."""
-    url = Registries(default_registry, (name.host,)).manifest_url(name, insecure=insecure)
-    assert url is not None
-    return str(url)
-
-
-async def fetch_manifest(session: aiohttp.ClientSession, url: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Deprecated (no allow-list). Raises ManifestNotFound or RegistryUnavailable (detail: log only)."""
-    return await _get_manifest(session, URL(url, encoded=True), timeout)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 from time import perf_counter
 
 import aiohttp
@@ -25,8 +26,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.access_log import AccessLog
-from proxy.cors import Cors, EarlyAnswer, guard
 from proxy.admission import Admission, AdmissionRequest, Forward, PassThrough, Respond
+from proxy.cors import Cors, EarlyAnswer, guard
 from proxy.errors import JSON_TYPE, error_body, stream_error_line
 from proxy.headers import request_headers, response_headers
 from proxy.host_guard import HostGuard
@@ -105,7 +106,8 @@ class Relay:
         inspected = await _read_whole(request, self._max_inspected, self._body_timeout)
         try:
             decision = await self._admission.admit(
-                AdmissionRequest(request.method, target.path, request.headers, inspected, _client(request)))
+                AdmissionRequest(request.method, target.path, request.headers, inspected, _client(request),
+                                 target.query.removeprefix("?")))
         except Exception as exc:  # a bug in the gate must not look like a crash to the client
             _log.exception("admission.failed", method=request.method, path=target.path)
             return self._answer(request, target.path, f"vramgate could not decide on this request: "
@@ -116,6 +118,8 @@ class Relay:
             self._log(request, target.path, decision.status, len(decision.body), started, None, "answered")
             return response
         headers = request_headers(request.raw_headers, body_replaced=True)
+        if decision.query is not None:
+            target = replace(target, query="?" + decision.query if decision.query else "")
         try:
             return await self._forward(request, target, headers, decision.body, decision, started)
         finally:

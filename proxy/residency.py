@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 
-
 def model_key(name: str) -> str:
     """'llama3.2' and 'llama3.2:latest' are the same model to Ollama."""
     name = name.strip()

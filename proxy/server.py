@@ -29,7 +29,9 @@ from proxy.access_log import AccessLog
 from proxy.admission import Admission, PassThrough
 from proxy.cors import Cors
 from proxy.errors import JSON_TYPE, error_body
-from proxy.gate import build_admission  # part of vramgate: an import error is a crash, never a mode
+from proxy.gate import (
+    build_admission,  # part of vramgate: an import error is a crash, never a mode
+)
 from proxy.host_guard import HostGuard, LocalNames
 from proxy.logging_setup import configure_logging, get_logger
 from proxy.ollama_client import new_session

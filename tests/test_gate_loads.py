@@ -151,14 +151,15 @@ async def test_preload_is_planned_and_unload_passes(start_proxy, emulator, gpu):
     assert status == 200 and body["done_reason"] == "load"
     assert forwarded(emulator)[0]["options"]["num_gpu"] == 33
     assert headers["X-Vramgate-Decision"].startswith("admitted")
-    # a GPU with almost nothing free: a preload is refused, an unload is never refused and passes as sent
+    # a GPU with almost nothing free: a preload is refused, an unload is never refused and passes
+    # (as vramgate read it: the canonical body, so Ollama reads the same unload)
     tiny = [{"name": "RTX 4090", "total": "24GiB", "free": "1GiB"}]
     url2 = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=tiny)
     assert (await post(url2, "/api/generate", {"model": "llama3:70b"}))[0] == 507
     raw = b'{"model": "llama3:8b", "keep_alive": 0}'
     status, headers, body = await post(url2, "/api/generate", raw)
     assert status == 200 and body["done_reason"] == "unload"
-    assert emulator.received("/api/generate")[-1].body == raw
+    assert emulator.received("/api/generate")[-1].body == b'{"model":"llama3:8b","keep_alive":0}'
     assert headers["X-Vramgate-Decision"] == "unload"
     assert "llama3:8b" not in emulator.runners
 
@@ -167,7 +168,8 @@ async def test_openai_admit_and_refuse_shapes(gate_url, emulator):
     raw = json.dumps({"model": "llama3:8b", "messages": [{"role": "user", "content": "hi"}]}).encode()
     status, headers, body = await post(gate_url, "/v1/chat/completions", raw)
     assert status == 200 and body["object"] == "chat.completion"
-    assert emulator.received("/v1/chat/completions")[0].body == raw  # forwarded unchanged
+    # forwarded unchanged in content, canonically serialised (what Ollama reads is what was judged)
+    assert emulator.received("/v1/chat/completions")[0].body == json.dumps(json.loads(raw), separators=(",", ":")).encode()
     assert headers["X-Vramgate-Decision"] == "admitted"
     status, _, body = await post(gate_url, "/v1/chat/completions", {"model": "llama3:70b", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 507

@@ -79,7 +79,7 @@ async def test_nvml_missing_is_stated_in_the_decision(start_proxy, emulator, mon
     raw = b'{"model": "llama3:8b", "prompt": "hi", "stream": false}'
     status, headers, _ = await post(allow, "/api/generate", raw)
     assert status == 200 and headers["X-Vramgate-Decision"] == "no_gpu_allowed"
-    assert emulator.received("/api/generate")[-1].body == raw
+    assert emulator.received("/api/generate")[-1].body == b'{"model":"llama3:8b","prompt":"hi","stream":false}'
 
 
 async def test_nvml_failing_after_start(start_proxy, emulator, monkeypatch, fake_proc):

@@ -8,9 +8,10 @@ import aiohttp
 import pytest
 
 from proxy.gate import build_admission
-from proxy.registry import manifest_sizes, manifest_url, parse_model_name
+from proxy.model_name import parse_pull_name
+from proxy.registry import Registries, manifest_sizes
 from tests.emulator import Emulator, serve
-from tests.fake_registry import GiB, FakeRegistry, manifest
+from tests.fake_registry import FakeRegistry, GiB, manifest
 
 STATIC = [{"name": "RTX 4090", "total": "24GiB", "free": "22GiB"}]
 
@@ -113,9 +114,10 @@ async def test_create_from_remote_is_checked_from_local_is_not(start_proxy, emul
     ],
 )
 def test_manifest_urls(name, url):
-    parsed = parse_model_name(name)
+    parsed = parse_pull_name(name)
     assert parsed is not None
-    assert manifest_url(parsed, "https://registry.ollama.ai") == url
+    allowed = Registries("https://registry.ollama.ai", ("registry.ollama.ai", "hf.co", "localhost:5000"))
+    assert str(allowed.manifest_url(parsed)) == url
 
 
 def test_manifest_sizes():
@@ -123,7 +125,7 @@ def test_manifest_sizes():
     assert (sizes.weights_bytes, sizes.projector_bytes) == (4 * GiB, 600 * 1024**2)
     assert sizes.download_bytes == 4 * GiB + 600 * 1024**2 + 1432 + 12321 + 96
     assert manifest_sizes({"layers": [{"mediaType": "application/vnd.ollama.image.tensor", "size": 5}]}) is None
-    assert parse_model_name("bad name") is None
+    assert parse_pull_name("bad name") is None
 
 
 async def test_official_client_surfaces_pull_refusal(start_proxy, emulator, registry):

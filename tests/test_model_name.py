@@ -19,7 +19,6 @@ from proxy.model_name import (
     BareName,
     ModelName,
     create_pull_name,
-    go_json_field,
     is_valid_namespace,
     is_valid_part,
     normalize_pull_name,
@@ -208,13 +207,6 @@ def test_create_pull_names():
     assert create_pull_name("gpt-oss:20b-cloud") is None
     assert create_pull_name("llama3", remote_host="http://example:11434") is None
     assert create_pull_name("bad name") is None
-
-
-def test_go_json_field():
-    assert go_json_field({"MODEL": "a"}, "model") == "a"
-    assert go_json_field({"model": "a", "Model": "b"}, "model") == "b"  # the later key wins
-    assert go_json_field({"in\u017fecure": True}, "insecure") is True  # long s folds to s in Go
-    assert go_json_field({"models": "x"}, "model") is None
 
 
 # FuzzName, plus what the registry code relies on: a valid name's parts are safe URL path segments

@@ -24,7 +24,6 @@ from proxy.registry import (
     NotFound,
     Registries,
     Unavailable,
-    manifest_url,
     read_manifest,
 )
 from proxy.settings import load_settings
@@ -134,9 +133,6 @@ def test_manifest_url_is_built_from_the_parts_only():
     assert str(regs.manifest_url(_name("hf.example:8443/team/m:1.0"))) == "https://hf.example:8443/v2/team/m/manifests/1.0"
     assert regs.manifest_url(_name("hf.example/team/m:1.0")) is None  # the port is part of the host
     assert regs.manifest_url(_name("localhost:5000/team/model")) is None
-    # the former API (kept for gate.py until it moves to read_manifest) applies no allow-list
-    assert manifest_url(_name("localhost:5000/team/model"), "https://registry.ollama.ai") == (
-        "https://localhost:5000/v2/team/model/manifests/latest")
 
 
 async def test_manifest_redirect_to_another_host_is_not_followed(traced, home, other):
@@ -248,7 +244,6 @@ def test_settings_default_and_from_settings(monkeypatch):
 
 
 # --- through the proxy: what gate.py must do once it calls read_manifest -------------------------
-GATE_PENDING = pytest.mark.xfail(strict=True, reason="until proxy/gate.py calls read_manifest (then drop this mark)")
 
 
 @pytest.fixture
@@ -263,7 +258,6 @@ async def _pull(url: str, body: dict) -> tuple[int, bytes]:
         return r.status, await r.read()
 
 
-@GATE_PENDING
 async def test_gate_refuses_a_pull_from_a_host_not_allowed(start_proxy, emulator, home, other):
     url = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=STATIC, registry=home.url)
     status, raw = await _pull(url, {"model": f"127.0.0.1:{other.port}/x/y:z", "insecure": True})
@@ -271,7 +265,6 @@ async def test_gate_refuses_a_pull_from_a_host_not_allowed(start_proxy, emulator
     assert other.received == [] and home.received == [] and emulator.received("/api/pull") == []
 
 
-@GATE_PENDING
 async def test_gate_hides_why_the_manifest_could_not_be_read(start_proxy, emulator, home, other):
     home.redirects[PATH_8B] = other.url + PATH_8B
     url = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=STATIC, registry=home.url,
