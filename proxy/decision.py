@@ -342,7 +342,8 @@ def effective_ctx(inp: Inputs) -> tuple[int, str]:
 def gpu_budgets(inp: Inputs, key: str) -> tuple[GpuBudget, ...]:
     """Per GPU memory a new load of ``key`` may use now.
 
-    Reclaimable: this model's own runner (a reload replaces it) and, with ``evict_idle``, idle
+    Reclaimable: this model's own runner (a reload replaces it; its loads in flight are not
+    counted as pending for the same reason) and, with ``evict_idle``, idle
     residents not already counted on by an admitted load; own runner first, then the ones whose
     keep-alive ends soonest (Ollama's eviction order).
     """
@@ -360,7 +361,9 @@ def gpu_budgets(inp: Inputs, key: str) -> tuple[GpuBudget, ...]:
             if charge and r.name not in claimed and (r.name == key or (policy.evict_idle and not r.busy)):
                 reclaim_from.append((r.name, charge))
         reclaim = sum(b for _, b in reclaim_from)
-        pending = sum(b for res in inp.reservations for i, b in res.per_gpu if i == gpu.index)
+        # loads admitted, not yet resident; not this model's own: Ollama runs one runner per model,
+        # so a second load of it shares (same options) or replaces (others) the first
+        pending = sum(b for res in inp.reservations if res.model != key for i, b in res.per_gpu if i == gpu.index)
         free = gpu.free - held  # may be negative when static numbers disagree with /api/ps: keep it
         budget = free + reclaim - pending - policy.reserve
         ollama = sum(resident_charge(r, gpu, snap, policy) for r in inp.residents)

@@ -58,8 +58,13 @@ class ReservationLedger:
                 del self._entries[token]
             elif entry.answered_at is not None and now - entry.answered_at > KEEP_ANSWERED:
                 del self._entries[token]
-        return tuple(e.reservation for e in self._entries.values()
-                     if e.answered_at is None or e.answered_at >= read_started)
+        largest: dict[str, Reservation] = {}  # one runner per model: its largest load in flight counts
+        for e in self._entries.values():
+            if e.answered_at is None or e.answered_at >= read_started:
+                held = largest.get(e.reservation.model)
+                if held is None or sum(b for _, b in e.reservation.per_gpu) > sum(b for _, b in held.per_gpu):
+                    largest[e.reservation.model] = e.reservation
+        return tuple(largest.values())
 
     def __len__(self) -> int:
         return len(self._entries)

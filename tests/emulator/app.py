@@ -186,7 +186,7 @@ class Emulator:
             if body:
                 try:
                     parsed = json.loads(body)
-                except ValueError:
+                except (ValueError, RecursionError):  # Go: "exceeded max depth" is a 400 too
                     parsed = None
             record = Received(request.method, request.path, request.query_string, CIMultiDict(request.headers), body, parsed, len(body))
         request[RECORD] = record
