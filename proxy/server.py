@@ -88,6 +88,11 @@ class _Protocol(RequestHandler):
             self.transport = _LingeringClose(self.transport)
         return response
 
+    def data_received(self, data: bytes) -> None:
+        if isinstance(self.transport, _LingeringClose):
+            return  # after an error answer: what the client still sends is read and dropped
+        super().data_received(data)
+
     def eof_received(self) -> None:
         if isinstance(self.transport, _LingeringClose):
             self.transport.peer_done()
@@ -112,6 +117,7 @@ class _LingeringClose:
             return
         try:
             self._transport.write_eof()  # after the answer is flushed
+            self._transport.resume_reading()  # (aiohttp may have paused it): keep draining the client
         except (OSError, RuntimeError, NotImplementedError):
             self._transport.close()
             return

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     probe_timeout: float = Field(5.0, gt=0)  # the gate's own questions to Ollama (/api/ps, /api/tags, ...)
     shutdown_grace: float = Field(15.0, ge=0)
     # --- limits on what a client may send (each breach is answered, in Ollama's JSON shape) ------
-    max_request_line: int = Field(8190, ge=256)  # bytes; longer is 431 (as Go's head limit)
+    max_request_line: int = Field(16384, ge=256)  # bytes; longer is 431 (as Go's head limit)
     max_header_size: int = Field(16384, ge=256)  # bytes per header field; larger is 431
     max_headers: int = Field(128, ge=8)  # header count; more is 431
     max_inspected_body: Bytes = 64 * 1024**2  # bodies the gate reads whole; larger is 413

@@ -182,3 +182,32 @@ async def test_a_gate_that_cannot_start_is_one_line_and_exit_1(emulator_url: str
     lines = err.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vramgate: cannot start the fit gate: cannot write the audit file")
     assert b"vramgate started" not in out
+
+
+async def test_an_endless_header_value_is_431_in_bounded_memory(process: ProxyProcess) -> None:
+    """The old front end buffered one header value without bound (188 MiB took it to 238 MiB)."""
+    host, port = process.url.removeprefix("http://").split(":")
+    before = process.memory_kib("VmRSS")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    sent = 0
+    try:
+        writer.write(b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nX-Endless: ")
+        chunk = b"a" * 65536
+        while sent < 64 * 1024**2:  # 64 MiB of one header value, never ended
+            writer.write(chunk)
+            await writer.drain()
+            sent += len(chunk)
+    except ConnectionError:
+        pass  # vramgate answered and closed: the rest is not wanted
+    finally:
+        try:
+            answer = await asyncio.wait_for(reader.read(4096), timeout=5)
+        except ConnectionError:
+            answer = b""
+        writer.close()
+    after = process.memory_kib("VmHWM")
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 431 Request Header Fields Too Large"), answer[:60]  # read before the close
+    assert after - before < 32 * 1024, f"RSS grew by {(after - before) // 1024} MiB"
+    async with aiohttp.ClientSession() as session, session.get(process.url + "/api/version",
+                                                               headers={"Host": "localhost"}) as resp:
+        assert resp.status == 200  # still serving
