@@ -89,15 +89,17 @@ class Relay:
             headers = request_headers(request.raw_headers)
             return await self._forward(request, target, headers, body, None, started)
         except BodyStalled:
-            return self._answer(request, target.path, f"the request body stalled: nothing arrived for "
-                                f"{self._body_timeout:g} s", 408, started, "body_timeout", close=True)
+            response = self._answer(request, target.path, f"the request body stalled: nothing arrived for "
+                                    f"{self._body_timeout:g} s", 408, started, "body_timeout", close=True)
+            return await _send_and_close(request, response)
         except BodyTooLarge:
             return self._answer(request, target.path, f"request body too large for vramgate to inspect "
                                 f"(limit {self._max_inspected // 1024**2} MiB)", 413, started, "too_large",
                                 close=True)
-        except BODY_ERRORS as exc:  # a malformed body (bad chunk framing)
-            return self._answer(request, target.path, f"malformed request body: {getattr(exc, 'message', exc)}",
-                                400, started, "bad_body", close=True)
+        except BODY_ERRORS as exc:  # a malformed body (bad chunk framing), or one cut short
+            response = self._answer(request, target.path, f"malformed request body: {getattr(exc, 'message', exc)}",
+                                    400, started, "bad_body", close=True)
+            return await _send_and_close(request, response)
         except asyncio.CancelledError:
             self._log(request, target.path, 0, 0, started, None, "client_gone")
             raise
@@ -237,6 +239,15 @@ class Relay:
 def _add(response: web.StreamResponse, headers: Iterable[tuple[str, str]]) -> None:
     for name, value in headers:
         response.headers.add(name, value)
+
+
+async def _send_and_close(request: web.BaseRequest, response: web.Response) -> web.Response:
+    """Answer, then close at once: the rest of this body will never come, so there is nothing to
+    drain (aiohttp would otherwise wait its lingering time for it)."""
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 def _client(request: web.BaseRequest) -> str:

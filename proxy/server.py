@@ -93,9 +93,13 @@ class _Protocol(RequestHandler):
             return  # after an error answer: what the client still sends is read and dropped
         super().data_received(data)
 
-    def eof_received(self) -> None:
+    def eof_received(self) -> bool | None:
         if isinstance(self.transport, _LingeringClose):
             self.transport.peer_done()
+            return False
+        # Otherwise the transport closes, and the request in hand is cancelled: a client that ends
+        # its side has gone, as Go's server (and so Ollama) takes it, which stops the generation.
+        return super().eof_received()
 
 
 class _LingeringClose:
