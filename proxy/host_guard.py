@@ -344,12 +344,22 @@ class HostGuard:
     listen_host: str
     names: LocalNames
     applies: bool = field(init=False)
+    _seen: dict[tuple[bool, str], HostVerdict] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "applies", host_check_applies(self.listen_host))
+        object.__setattr__(self, "_seen", {})
 
     def verdict(self, method: str, req_host: str) -> HostVerdict:
-        """allowedHostsMiddleware's outcome for ``req_host`` (see ``effective_host``)."""
+        """allowedHostsMiddleware's outcome for ``req_host`` (see ``effective_host``).
+
+        Clients send the same few Host values again and again: the answers are kept (bounded)."""
         if not self.applies:
             return "next"
-        return _verdict(method, req_host, self.names.hostname, self.names.ips)
+        key = (method == "OPTIONS", req_host)
+        cached = self._seen.get(key)
+        if cached is None:
+            if len(self._seen) >= 1024:
+                self._seen.clear()
+            cached = self._seen[key] = _verdict(method, req_host, self.names.hostname, self.names.ips)
+        return cached

@@ -35,6 +35,7 @@ from proxy.logging_setup import get_logger
 from proxy.settings import Settings
 from proxy.target import BadTarget, Target, parse_target
 
+WHOLE_ANSWER = 64 * 1024  # answers of known length up to this are read whole, then sent in one write
 DONE_MARK = b'"done":true'
 NDJSON = "application/x-ndjson"
 _STREAMED_TYPES = ("application/x-ndjson", "text/event-stream")
@@ -164,8 +165,10 @@ class Relay:
         if content_type.startswith(_STREAMED_TYPES) and "X-Accel-Buffering" not in headers:
             headers["X-Accel-Buffering"] = "no"  # an nginx in front must not buffer streams
         headers.extend(request[CORS_HEADERS])  # the Origin was checked here and not forwarded
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         length = upstream.content_length
+        if length is not None and length <= WHOLE_ANSWER and request.method != "HEAD":
+            return await self._whole(request, target, upstream, headers, started, ttfb)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         if length is not None:
             response.content_length = length
         ndjson = content_type.startswith(NDJSON)
@@ -176,8 +179,9 @@ class Relay:
         outcome = "ok"
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+            read, write = upstream.content.readany, response.write
+            while chunk := await read():  # each chunk as it arrives: never gathered, never parsed
+                await write(chunk)
                 sent += len(chunk)
                 if ndjson and not done_seen:
                     # cheap: a substring search per chunk, plus the few bytes around chunk borders
@@ -209,6 +213,21 @@ class Relay:
             elif request.transport is not None:
                 request.transport.abort()  # a truncated body must not look complete: cut the client off
         self._log(request, target.path, upstream.status, sent, started, ttfb, outcome)
+        return response
+
+    async def _whole(self, request: web.BaseRequest, target: Target, upstream: aiohttp.ClientResponse,
+                     headers: CIMultiDict[str], started: float, ttfb: float) -> web.StreamResponse:
+        """A small answer of known length (most of Ollama's non-streamed ones): read it, then send head
+        and body in one write, one wakeup for the client instead of two."""
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+            if request.transport is not None:
+                request.transport.abort()  # a truncated body must not look complete: cut the client off
+            self._log(request, target.path, upstream.status, 0, started, ttfb, "upstream_failed")
+            return web.Response(status=upstream.status)
+        response = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
+        self._log(request, target.path, upstream.status, len(body), started, ttfb, "ok")
         return response
 
     def _answer(self, request: web.BaseRequest, path: str, message: str, status: int, started: float,
