@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp  # noqa: E402
 
-from proxy.admission import AdmissionRequest  # noqa: E402
-from proxy.gate import Gate  # noqa: E402
-from proxy.logging_setup import configure_logging  # noqa: E402
-from proxy.residency import VramgateLoad  # noqa: E402
-from proxy.settings import load_settings  # noqa: E402
+from proxy.config.log_setup import configure_logging  # noqa: E402
+from proxy.config.settings import load_settings  # noqa: E402
+from proxy.edge.admission import AdmissionRequest  # noqa: E402
+from proxy.gate.residency import VramgateLoad  # noqa: E402
+from proxy.gate.service import Gate  # noqa: E402
 from tests.emulator import serve  # noqa: E402
 from tests.emulator_gate import demo_emulator  # noqa: E402
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from proxy.settings import SettingsError, load_settings
+from proxy.config.settings import SettingsError, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         from proxy import plan
 
         return plan.run(args, settings)
-    from proxy import server
+    from proxy.edge import server as server
 
     return server.run(settings)
 

@@ -16,8 +16,23 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from proxy import ollama_client
-from proxy.decision import (
+from proxy.config.settings import Settings, StaticGpu
+from proxy.config.units import (
+    format_bandwidth,
+    format_bytes,
+    parse_bandwidth,
+    parse_bytes,
+)
+from proxy.footprint import (
+    ModelDescription,
+    RunConfig,
+    decode_tokens_per_s,
+    description_from_gguf,
+    description_from_show,
+    estimate,
+)
+from proxy.footprint.ggml_types import KV_CACHE_TYPES
+from proxy.gate.decision import (
     Admit,
     Inputs,
     LoadRequest,
@@ -30,21 +45,11 @@ from proxy.decision import (
     load_need,
     need_for,
 )
-from proxy.footprint import (
-    ModelDescription,
-    RunConfig,
-    decode_tokens_per_s,
-    description_from_gguf,
-    description_from_show,
-    estimate,
-)
-from proxy.footprint.ggml_types import KV_CACHE_TYPES
-from proxy.gpus import GpuSnapshot, static_snapshot
-from proxy.ollama_server import ServerSettings, server_settings
-from proxy.residency import model_key
-from proxy.settings import Settings, StaticGpu
-from proxy.sizing import model_facts, sizer_for
-from proxy.units import format_bandwidth, format_bytes, parse_bandwidth, parse_bytes
+from proxy.gate.residency import model_key
+from proxy.gate.sizing import model_facts, sizer_for
+from proxy.gpu.snapshot import GpuSnapshot, static_snapshot
+from proxy.ollama import client as ollama_client
+from proxy.ollama.versions import ServerSettings, server_settings
 
 DEFAULT_GPU_BANDWIDTH = 1.0e12
 DOES_NOT_FIT = 3  # exit status when --vram is given and the load as asked does not fit

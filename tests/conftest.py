@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from proxy.admission import Admission
-from proxy.logging_setup import configure_logging
-from proxy.server import AdmissionFactory, RunningProxy, start_server
-from proxy.settings import Settings, load_settings
+from proxy.config.log_setup import configure_logging
+from proxy.config.settings import Settings, load_settings
+from proxy.edge.admission import Admission
+from proxy.edge.server import AdmissionFactory, RunningProxy, start_server
 from tests.emulator import Emulator, Running, serve
 
 StartProxy = Callable[..., Awaitable[str]]

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.access_log import AccessLog
-from proxy.logging_setup import configure_logging
+from proxy.config.log_setup import configure_logging
+from proxy.edge.access_log import AccessLog
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.ollama_host import parse_listen, parse_ollama_host
+from proxy.config.addresses import parse_listen, parse_ollama_host
 
 REPO = Path(__file__).resolve().parents[1]
 

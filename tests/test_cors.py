@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.cors import (
+from proxy.edge.cors import (
     ALLOW_HEADERS,
     Cors,
     CorsDecision,
@@ -14,7 +14,7 @@ from proxy.cors import (
     ollama_default_origins,
     split_ollama_origins,
 )
-from proxy.host_guard import HostGuard, LocalNames
+from proxy.edge.host_guard import HostGuard, LocalNames
 
 NAMES = LocalNames(hostname="mybox")
 LOOPBACK = HostGuard("127.0.0.1", NAMES)
@@ -237,7 +237,7 @@ def test_guard_bytes_headers_and_wildcards() -> None:
 
 
 def test_settings_read_ollama_origins(monkeypatch: pytest.MonkeyPatch) -> None:
-    from proxy.settings import load_settings
+    from proxy.config.settings import load_settings
 
     for name in ("VRAMGATE_CONFIG", "VRAMGATE_ORIGINS"):
         monkeypatch.delenv(name, raising=False)

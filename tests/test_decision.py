@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from proxy.decision import (
+from proxy.gate.decision import (
     Admit,
     Inputs,
     LoadRequest,
@@ -23,9 +23,9 @@ from proxy.decision import (
     effective_ctx,
     largest_ctx,
 )
-from proxy.gpus import Gpu, GpuProcess, GpuSnapshot, no_gpu_snapshot
-from proxy.ollama_server import ServerSettings, default_num_ctx, parse_version
-from proxy.residency import Resident, VramgateLoad
+from proxy.gate.residency import Resident, VramgateLoad
+from proxy.gpu.snapshot import Gpu, GpuProcess, GpuSnapshot, no_gpu_snapshot
+from proxy.ollama.versions import ServerSettings, default_num_ctx, parse_version
 
 GiB = 1024**3
 MiB = 1024**2

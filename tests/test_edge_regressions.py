@@ -14,10 +14,15 @@ import os
 
 import pytest
 
-from proxy.gate import build_admission
+from proxy.gate.service import build_admission
 from tests.conftest import StartProxy
 from tests.emulator import Emulator
-from tests.emulator_gate import GpuModel, estimated_size, show_llama3_8b, show_llama3_70b
+from tests.emulator_gate import (
+    GpuModel,
+    estimated_size,
+    show_llama3_8b,
+    show_llama3_70b,
+)
 
 STATIC = [{"name": "RTX 4090", "total": "24GiB", "free": "22GiB", "bandwidth": "1008GB/s"}]
 GiB = 1024**3

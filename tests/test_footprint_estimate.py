@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from proxy.footprint import RunConfig, description_from_show, estimate, max_num_ctx, min_budget
+from proxy.footprint import (
+    RunConfig,
+    description_from_show,
+    estimate,
+    max_num_ctx,
+    min_budget,
+)
 from proxy.footprint.describe import describe
 from proxy.footprint.model import Tensor
 

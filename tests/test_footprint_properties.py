@@ -10,7 +10,13 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.footprint import RunConfig, description_from_show, estimate, max_num_ctx, min_budget
+from proxy.footprint import (
+    RunConfig,
+    description_from_show,
+    estimate,
+    max_num_ctx,
+    min_budget,
+)
 
 DATA = Path(__file__).parent / "data"
 NAMES = sorted(p.stem.removeprefix("show-") for p in DATA.glob("show-*.json"))

@@ -15,9 +15,15 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.gate import GATED, build_admission
+from proxy.gate.service import GATED, build_admission
 from tests.emulator import Emulator
-from tests.emulator_gate import GiB, GpuModel, estimated_size, show_llama3_8b, show_llama3_70b
+from tests.emulator_gate import (
+    GiB,
+    GpuModel,
+    estimated_size,
+    show_llama3_8b,
+    show_llama3_70b,
+)
 
 GIN_ROUTER_TEXT = {b"404 page not found", b"405 method not allowed"}  # Ollama's router, plain text
 STATIC = [{"name": "RTX 4090", "total": "24GiB", "free": "22GiB"}]

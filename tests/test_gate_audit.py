@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from proxy.audit import Audit, load_options
-from proxy.gate import build_admission
+from proxy.gate.audit import Audit, load_options
+from proxy.gate.service import build_admission
 from tests.emulator import Emulator
 from tests.emulator_gate import show_llama3_8b, show_llama3_70b
 from tests.test_gate_loads import STATIC, post

@@ -15,9 +15,15 @@ import time
 import aiohttp
 import pytest
 
-from proxy.gate import build_admission
+from proxy.gate.service import build_admission
 from tests.emulator import Emulator, Fault
-from tests.emulator_gate import GiB, GpuModel, estimated_size, show_llama3_8b, show_llama3_70b
+from tests.emulator_gate import (
+    GiB,
+    GpuModel,
+    estimated_size,
+    show_llama3_8b,
+    show_llama3_70b,
+)
 
 STATIC = [{"name": "RTX 4090", "total": "24GiB", "free": "22GiB", "bandwidth": "1008GB/s"}]
 SMALL, BIG = "llama3:8b", "llama3:70b"

@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from proxy.gate import build_admission
+from proxy.gate.service import build_admission
 from tests.emulator import Emulator
 from tests.emulator_gate import GpuModel, show_mid
 from tests.test_gate_loads import CUDA, FREE, RESERVE, STATIC, footprint_size

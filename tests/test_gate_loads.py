@@ -9,9 +9,16 @@ import aiohttp
 import ollama
 import pytest
 
-from proxy.gate import build_admission
+from proxy.gate.service import build_admission
 from tests.emulator import Emulator
-from tests.emulator_gate import GiB, GpuModel, estimated_size, show_llama3_8b, show_llama3_70b, show_mid
+from tests.emulator_gate import (
+    GiB,
+    GpuModel,
+    estimated_size,
+    show_llama3_8b,
+    show_llama3_70b,
+    show_mid,
+)
 
 STATIC = [{"name": "RTX 4090", "total": "24GiB", "free": "22GiB", "bandwidth": "1008GB/s"}]
 FREE = 22 * GiB

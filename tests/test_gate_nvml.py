@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from proxy.gate import Gate, build_admission
-from proxy.gpus import GpuProbe, NvmlReader, ProcReader
+from proxy.gate.service import Gate, build_admission
+from proxy.gpu.probe import GpuProbe, NvmlReader, ProcReader
 from tests.emulator import Emulator
 from tests.emulator_gate import GiB, GpuModel, show_llama3_8b, show_llama3_70b
 from tests.fake_pynvml import NVMLError_GpuIsLost, install, rtx_4090_desktop

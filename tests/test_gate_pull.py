@@ -7,9 +7,9 @@ import json
 import aiohttp
 import pytest
 
-from proxy.gate import build_admission
-from proxy.model_name import parse_pull_name
-from proxy.registry import Registries, manifest_sizes
+from proxy.gate.service import build_admission
+from proxy.ollama.model_name import parse_pull_name
+from proxy.ollama.registry import Registries, manifest_sizes
 from tests.emulator import Emulator, serve
 from tests.fake_registry import FakeRegistry, GiB, manifest
 

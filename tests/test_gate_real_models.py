@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.gate import build_admission
+from proxy.gate.service import build_admission
 from tests.emulator import Emulator
 from tests.emulator_gate import GpuModel, estimated_size
 from tests.test_gate_loads import CUDA, FREE, RESERVE, STATIC, post

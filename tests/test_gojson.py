@@ -12,9 +12,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.gojson import (
-    GO_MAX_DEPTH, MAX_DEPTH, Bound, Custom, GoObject, GoRejects, GoTypeError, RawNumber, Unreadable, bind,
-    decode, encode, fold_name, go_any, names_match,
+from proxy.ollama.gojson import (
+    GO_MAX_DEPTH,
+    MAX_DEPTH,
+    Bound,
+    Custom,
+    GoObject,
+    GoRejects,
+    GoTypeError,
+    RawNumber,
+    Unreadable,
+    bind,
+    decode,
+    encode,
+    fold_name,
+    go_any,
+    names_match,
 )
 
 SCHEMA = {

@@ -9,9 +9,18 @@ import sys
 import pytest
 from structlog.testing import capture_logs
 
-from proxy.gpus import GpuProbe, NvmlReader, ProcReader, bandwidth_from_bus
-from proxy.settings import load_settings
-from tests.fake_pynvml import GiB, MiB, NVMLError_DriverNotLoaded, NVMLError_GpuIsLost, a100_80gb, install, rtx_4090_desktop
+from proxy.config.settings import load_settings
+from proxy.gpu.probe import GpuProbe, NvmlReader, ProcReader
+from proxy.gpu.snapshot import bandwidth_from_bus
+from tests.fake_pynvml import (
+    GiB,
+    MiB,
+    NVMLError_DriverNotLoaded,
+    NVMLError_GpuIsLost,
+    a100_80gb,
+    install,
+    rtx_4090_desktop,
+)
 
 
 @pytest.fixture

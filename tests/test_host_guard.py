@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from proxy.host_guard import (
+from proxy.edge.host_guard import (
     HostGuard,
     LocalNames,
     effective_host,

@@ -11,10 +11,19 @@ from typing import Any
 
 import pytest
 
-from proxy.gojson import GoObject, RawNumber, decode
-from proxy.keep_alive import (
-    FOREVER, FOREVER_NS, INT64_MIN, KeepAliveError, float_to_int64, is_zero, keep_alive_ns, keep_alive_seconds,
-    parse_go_duration, parse_go_duration_ns, unmarshal_error,
+from proxy.ollama.gojson import GoObject, RawNumber, decode
+from proxy.ollama.keep_alive import (
+    FOREVER,
+    FOREVER_NS,
+    INT64_MIN,
+    KeepAliveError,
+    float_to_int64,
+    is_zero,
+    keep_alive_ns,
+    keep_alive_seconds,
+    parse_go_duration,
+    parse_go_duration_ns,
+    unmarshal_error,
 )
 
 S = 1_000_000_000

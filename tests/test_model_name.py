@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.model_name import (
+from proxy.ollama.model_name import (
     BareName,
     ModelName,
     create_pull_name,

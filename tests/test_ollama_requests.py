@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.gojson import GoRejects, Unreadable
-from proxy.keep_alive import INT64_MIN
-from proxy.ollama_requests import (
-    SCHEMAS, InvalidOption, Parsed, Rejection, has_option, option_int, options_error, read_request,
+from proxy.ollama.gojson import GoRejects, Unreadable
+from proxy.ollama.keep_alive import INT64_MIN
+from proxy.ollama.requests import (
+    SCHEMAS,
+    InvalidOption,
+    Parsed,
+    Rejection,
+    has_option,
+    option_int,
+    options_error,
+    read_request,
     transcription_model,
 )
 

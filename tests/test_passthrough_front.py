@@ -8,7 +8,6 @@ import json
 import time
 
 import aiohttp
-import pytest
 
 from tests.conftest import StartProxy
 from tests.emulator import Emulator, Fault

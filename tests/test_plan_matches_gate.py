@@ -9,7 +9,7 @@ import json
 import pytest
 
 from proxy.cli import main
-from proxy.gate import build_admission
+from proxy.gate.service import build_admission
 from tests.emulator import Emulator
 from tests.emulator_gate import show_llama3_8b, show_llama3_70b
 

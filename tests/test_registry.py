@@ -13,9 +13,10 @@ import json
 import aiohttp
 import pytest
 
-from proxy.gate import build_admission
-from proxy.model_name import ModelName, parse_pull_name
-from proxy.registry import (
+from proxy.config.settings import load_settings
+from proxy.gate.service import build_admission
+from proxy.ollama.model_name import ModelName, parse_pull_name
+from proxy.ollama.registry import (
     MANIFEST_ACCEPT,
     UNAVAILABLE_SENTENCE,
     ManifestSizes,
@@ -26,7 +27,6 @@ from proxy.registry import (
     Unavailable,
     read_manifest,
 )
-from proxy.settings import load_settings
 from tests.emulator import Emulator, serve
 from tests.fake_registry import FakeRegistry, GiB, manifest
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from proxy.decision import Reservation
-from proxy.reservations import ReservationLedger
+from proxy.gate.decision import Reservation
+from proxy.gate.reservations import ReservationLedger
 
 
 class Clock:

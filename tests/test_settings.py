@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy import cli
-from proxy.settings import Settings, load_settings
+from proxy.config.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "vramgate.toml"

@@ -3,7 +3,14 @@
 from tests.emulator.app import Disconnect, Emulator, Received
 from tests.emulator.catalogue import Model, make_show, normalize_name, tensor_bytes
 from tests.emulator.faults import Fault
-from tests.emulator.runners import OOM_PREFIX, LoadError, LoadOptions, LoadResult, Runner, oom_error
+from tests.emulator.runners import (
+    OOM_PREFIX,
+    LoadError,
+    LoadOptions,
+    LoadResult,
+    Runner,
+    oom_error,
+)
 from tests.emulator.server import Running, serve
 
 __all__ = [

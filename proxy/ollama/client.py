@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from proxy.settings import Settings
+from proxy.config.settings import Settings
 
 QUICK_TIMEOUT = 5.0  # default for /api/ps, /api/tags, /api/version: they answer from memory
 SHOW_FACTOR = 6  # /api/show of a large model reads its whole tensor list: six times as long

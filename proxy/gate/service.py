@@ -27,10 +27,12 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from proxy import ollama_client
-from proxy.admission import AdmissionRequest, Forward, Respond
-from proxy.audit import Audit, load_options
-from proxy.decision import (
+from proxy.config.settings import Settings
+from proxy.edge.admission import AdmissionRequest, Forward, Respond
+from proxy.edge.errors import error_body
+from proxy.footprint import ModelDescription, description_from_show
+from proxy.gate.audit import Audit, load_options
+from proxy.gate.decision import (
     Admit,
     Inputs,
     LoadRequest,
@@ -40,30 +42,24 @@ from proxy.decision import (
     check_pull,
     decide,
 )
-from proxy.errors import error_body
-from proxy.explanation import (
+from proxy.gate.explanation import (
     admit_headers,
     pull_refusal_body,
     refusal_body,
     refusal_headers,
     refusal_text,
 )
-from proxy.footprint import ModelDescription, description_from_show
-from proxy.gojson import GoObject, GoRejects, Unreadable, encode
-from proxy.gpus import GpuProbe, GpuSnapshot
-from proxy.model_name import create_pull_name, parse_pull_name
-from proxy.multipart import NotMultipart, UnreadableMultipart, multipart_fields
-from proxy.ollama_client import ModelUnknown, OllamaUnavailable
-from proxy.ollama_requests import (
-    InvalidOption,
-    Parsed,
-    Rejection,
-    option_int,
-    read_request,
-    transcription_model,
-)
-from proxy.ollama_server import ServerSettings, server_settings
-from proxy.registry import (
+from proxy.gate.reservations import ReservationLedger
+from proxy.gate.residency import Residency, Resident, VramgateLoad, model_key
+from proxy.gate.sizing import model_facts, sizer_for, speed_for
+from proxy.gpu.probe import GpuProbe
+from proxy.gpu.snapshot import GpuSnapshot
+from proxy.ollama import client as ollama_client
+from proxy.ollama.client import ModelUnknown, OllamaUnavailable
+from proxy.ollama.gojson import GoObject, GoRejects, Unreadable, encode
+from proxy.ollama.model_name import create_pull_name, parse_pull_name
+from proxy.ollama.multipart import NotMultipart, UnreadableMultipart, multipart_fields
+from proxy.ollama.registry import (
     ManifestSizes,
     NotAllowed,
     NotFound,
@@ -71,10 +67,15 @@ from proxy.registry import (
     Unavailable,
     read_manifest,
 )
-from proxy.reservations import ReservationLedger
-from proxy.residency import Residency, Resident, VramgateLoad, model_key
-from proxy.settings import Settings
-from proxy.sizing import model_facts, sizer_for, speed_for
+from proxy.ollama.requests import (
+    InvalidOption,
+    Parsed,
+    Rejection,
+    option_int,
+    read_request,
+    transcription_model,
+)
+from proxy.ollama.versions import ServerSettings, server_settings
 
 log = structlog.get_logger("vramgate.gate")
 

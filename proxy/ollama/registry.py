@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import aiohttp
 from yarl import URL
 
-from proxy.model_name import DEFAULT_HOST, ModelName
+from proxy.ollama.model_name import DEFAULT_HOST, ModelName
 
 DEFAULT_REGISTRY_HOSTS = (DEFAULT_HOST, "hf.co")
 MANIFEST_ACCEPT = "application/vnd.docker.distribution.manifest.v2+json"

@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from proxy.logging_setup import current, get_logger
+from proxy.config.log_setup import current, get_logger
 
 _encode = json.JSONEncoder(separators=(", ", ": ")).encode
 

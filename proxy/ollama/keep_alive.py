@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from proxy.gojson import GoObject, GoTypeError, RawNumber, go_float
+from proxy.ollama.gojson import GoObject, GoTypeError, RawNumber, go_float
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1

@@ -22,8 +22,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from proxy.ollama_host import parse_listen, parse_ollama_host
-from proxy.units import parse_bandwidth, parse_bytes
+from proxy.config.addresses import parse_listen, parse_ollama_host
+from proxy.config.units import parse_bandwidth, parse_bytes
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 Bandwidth = Annotated[float, BeforeValidator(parse_bandwidth)]

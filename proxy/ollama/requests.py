@@ -45,8 +45,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy import keep_alive
-from proxy.gojson import (
+from proxy.ollama import keep_alive
+from proxy.ollama.gojson import (
     Bound,
     Custom,
     GoRejects,

@@ -25,15 +25,21 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.access_log import AccessLog
-from proxy.admission import Admission, AdmissionRequest, Forward, PassThrough, Respond
-from proxy.cors import Cors, EarlyAnswer, guard
-from proxy.errors import JSON_TYPE, error_body, stream_error_line
-from proxy.headers import request_headers, response_headers
-from proxy.host_guard import HostGuard
-from proxy.logging_setup import get_logger
-from proxy.settings import Settings
-from proxy.target import BadTarget, Target, parse_target
+from proxy.config.log_setup import get_logger
+from proxy.config.settings import Settings
+from proxy.edge.access_log import AccessLog
+from proxy.edge.admission import (
+    Admission,
+    AdmissionRequest,
+    Forward,
+    PassThrough,
+    Respond,
+)
+from proxy.edge.cors import Cors, EarlyAnswer, guard
+from proxy.edge.errors import JSON_TYPE, error_body, stream_error_line
+from proxy.edge.headers import request_headers, response_headers
+from proxy.edge.host_guard import HostGuard
+from proxy.edge.target import BadTarget, Target, parse_target
 
 WHOLE_ANSWER = 64 * 1024  # answers of known length up to this are read whole, then sent in one write
 DONE_MARK = b'"done":true'

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from proxy.host_guard import HostGuard, effective_host, host_header_error
+from proxy.edge.host_guard import HostGuard, effective_host, host_header_error
 
 # DefaultConfig().AllowMethods, upper-cased and joined as generatePreflightHeaders does.
 ALLOW_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.decision import Admit, GpuBudget, Holder, PullRefuse, Refuse
-from proxy.units import format_bandwidth, format_bytes
+from proxy.config.units import format_bandwidth, format_bytes
+from proxy.gate.decision import Admit, GpuBudget, Holder, PullRefuse, Refuse
 
 
 def _gib(n: int) -> str:

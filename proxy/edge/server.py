@@ -25,18 +25,18 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.http_parser import HttpRequestParserPy
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
-from proxy.access_log import AccessLog
-from proxy.admission import Admission, PassThrough
-from proxy.cors import Cors
-from proxy.errors import JSON_TYPE, error_body
-from proxy.gate import (
+from proxy.config.log_setup import configure_logging, get_logger
+from proxy.config.settings import Settings
+from proxy.edge.access_log import AccessLog
+from proxy.edge.admission import Admission, PassThrough
+from proxy.edge.cors import Cors
+from proxy.edge.errors import JSON_TYPE, error_body
+from proxy.edge.host_guard import HostGuard, LocalNames
+from proxy.edge.relay import Relay
+from proxy.gate.service import (
     build_admission,  # part of vramgate: an import error is a crash, never a mode
 )
-from proxy.host_guard import HostGuard, LocalNames
-from proxy.logging_setup import configure_logging, get_logger
-from proxy.ollama_client import new_session
-from proxy.relay import Relay
-from proxy.settings import Settings
+from proxy.ollama.client import new_session
 
 AdmissionFactory = Callable[[Settings, aiohttp.ClientSession], Admission]
 _log = get_logger("vramgate.http")

@@ -7,9 +7,9 @@ description and the Ollama server's settings, and nowhere else. Pure.
 
 from __future__ import annotations
 
-from proxy.decision import FootprintLike, ModelFacts, Sizer, Speed
 from proxy.footprint import ModelDescription, RunConfig, decode_tokens_per_s, estimate
-from proxy.ollama_server import ServerSettings
+from proxy.gate.decision import FootprintLike, ModelFacts, Sizer, Speed
+from proxy.ollama.versions import ServerSettings
 
 
 def model_facts(key: str, desc: ModelDescription) -> ModelFacts:

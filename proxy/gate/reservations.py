@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy.decision import Reservation
+from proxy.gate.decision import Reservation
 
 TTL = 1800.0  # seconds; a load that takes longer is assumed lost
 KEEP_ANSWERED = 60.0  # seconds an answered reservation is kept for readings that started before it

@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from proxy.gpus import Gpu, GpuSnapshot
-from proxy.ollama_server import ServerSettings, default_num_batch, parallel_for
-from proxy.residency import Resident, model_key
+from proxy.gate.residency import Resident, model_key
+from proxy.gpu.snapshot import Gpu, GpuSnapshot
+from proxy.ollama.versions import ServerSettings, default_num_batch, parallel_for
 
 
 class FootprintLike(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from proxy.settings import Settings
+from proxy.config.settings import Settings
 
 GiB = 1024**3
 Version = tuple[int, int, int]

@@ -1,0 +1,1 @@
+"""Settings and how vramgate starts up: where values come from, units, addresses, logging."""
