@@ -125,7 +125,7 @@ class Processes:
         kwargs.setdefault("cwd", REPO)
         # preexec_fn is only safe while this process has a single thread
         preexec = _die_with_parent if threading.active_count() == 1 else None
-        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=preexec, **kwargs)  # noqa: PLW1509
+        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=preexec, **kwargs)
         self.procs.append((name, proc))
         return proc
 

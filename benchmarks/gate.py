@@ -20,15 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
+import aiohttp
 
-from proxy.config.log_setup import configure_logging  # noqa: E402
-from proxy.config.settings import load_settings  # noqa: E402
-from proxy.edge.admission import AdmissionRequest  # noqa: E402
-from proxy.gate.residency import VramgateLoad  # noqa: E402
-from proxy.gate.service import Gate  # noqa: E402
-from tests.emulator import serve  # noqa: E402
-from tests.emulator_gate import demo_emulator  # noqa: E402
+from proxy.config.log_setup import configure_logging
+from proxy.config.settings import load_settings
+from proxy.gate.admission import AdmissionRequest
+from proxy.gate.residency import VramgateLoad
+from proxy.gate.service import Gate
+from tests.emulator import serve
+from tests.emulator_gate import demo_emulator
 
 STATIC = [{"name": "RTX 4090", "total": "24GiB", "free": "22GiB", "bandwidth": "1008GB/s"}]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Processes, free_port, missing_tools, wait_ready  # noqa: E402
+from _common import Processes, free_port, missing_tools, wait_ready
 
 BACKEND = textwrap.dedent("""
     import asyncio, sys

@@ -14,8 +14,8 @@ import pytest
 
 from proxy.config.log_setup import configure_logging
 from proxy.config.settings import Settings, load_settings
-from proxy.edge.admission import Admission
 from proxy.edge.server import AdmissionFactory, RunningProxy, start_server
+from proxy.gate.admission import Admission
 from tests.emulator import Emulator, Running, serve
 
 StartProxy = Callable[..., Awaitable[str]]

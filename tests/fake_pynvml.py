@@ -23,12 +23,12 @@ class NVMLError(Exception):
         super().__init__(text)
 
 
-class NVMLError_DriverNotLoaded(NVMLError):  # noqa: N801 - the real module's name
+class NVMLError_DriverNotLoaded(NVMLError):
     def __init__(self) -> None:
         super().__init__(9, "Driver Not Loaded")
 
 
-class NVMLError_GpuIsLost(NVMLError):  # noqa: N801
+class NVMLError_GpuIsLost(NVMLError):
     def __init__(self) -> None:
         super().__init__(15, "GPU is lost")
 
@@ -83,9 +83,9 @@ class _Memory:
 class _Process:
     def __init__(self, pid: int, used: int | None) -> None:
         self.pid = pid
-        self.usedGpuMemory = used  # noqa: N815 - the real attribute name
-        self.gpuInstanceId = 0xFFFFFFFF  # noqa: N815
-        self.computeInstanceId = 0xFFFFFFFF  # noqa: N815
+        self.usedGpuMemory = used
+        self.gpuInstanceId = 0xFFFFFFFF
+        self.computeInstanceId = 0xFFFFFFFF
 
 
 class FakeNvml:

@@ -105,7 +105,7 @@ async def test_no_gpu_mode_refuses_with_507(start_proxy, emulator):
 async def test_closed_loop_detects_a_spill(start_proxy, emulator, tmp_path, unload):
     # The real load is 14 GiB bigger than predicted (e.g. an architecture the estimator gets wrong):
     # a /v1 request (automatic num_gpu) lets Ollama spill it to system RAM.
-    gpu = GpuModel(emulator, FREE, footprint_size(emulator), cuda_context=CUDA, spill_extra={"llama3:8b": 14 * GiB}).install()
+    GpuModel(emulator, FREE, footprint_size(emulator), cuda_context=CUDA, spill_extra={"llama3:8b": 14 * GiB}).install()
     audit = tmp_path / "audit.jsonl"
     url = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=STATIC,
                             unload_on_spill=unload, audit_file=str(audit))

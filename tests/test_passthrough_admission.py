@@ -10,7 +10,7 @@ import aiohttp
 import ollama
 import pytest
 
-from proxy.edge.admission import AdmissionRequest, Forward, Respond
+from proxy.gate.admission import AdmissionRequest, Forward, Respond
 from tests.conftest import StartProxy
 from tests.emulator import Emulator
 

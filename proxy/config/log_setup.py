@@ -51,7 +51,7 @@ def configure_logging(log_format: str = "auto", log_level: str = "info", stream:
     _route_stdlib_logging(out, renderer, _LEVELS[log_level])
 
 
-class _VramgateHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _VramgateHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
     """Marks the one handler this module installs, so reconfiguring replaces it."""
 
 

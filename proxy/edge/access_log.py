@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from proxy.config.log_setup import current, get_logger
@@ -97,5 +97,5 @@ class AccessLog:
         second = int(now)
         if second != self._stamp_second:
             self._stamp_second = second
-            self._stamp_prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        return "%s.%06dZ" % (self._stamp_prefix, int((now - second) * 1e6))
+            self._stamp_prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._stamp_prefix}.{int((now - second) * 1e6):06d}Z"

@@ -28,25 +28,25 @@ from yarl import URL
 from proxy.config.log_setup import get_logger
 from proxy.config.settings import Settings
 from proxy.edge.access_log import AccessLog
-from proxy.edge.admission import (
+from proxy.edge.cors import Cors, EarlyAnswer, guard
+from proxy.edge.headers import request_headers, response_headers
+from proxy.edge.host_guard import HostGuard
+from proxy.edge.target import BadTarget, Target, parse_target
+from proxy.gate.admission import (
     Admission,
     AdmissionRequest,
     Forward,
     PassThrough,
     Respond,
 )
-from proxy.edge.cors import Cors, EarlyAnswer, guard
-from proxy.edge.errors import JSON_TYPE, error_body, stream_error_line
-from proxy.edge.headers import request_headers, response_headers
-from proxy.edge.host_guard import HostGuard
-from proxy.edge.target import BadTarget, Target, parse_target
+from proxy.ollama.errors import JSON_TYPE, error_body, stream_error_line
 
 WHOLE_ANSWER = 64 * 1024  # answers of known length up to this are read whole, then sent in one write
 DONE_MARK = b'"done":true'
 NDJSON = "application/x-ndjson"
 _STREAMED_TYPES = ("application/x-ndjson", "text/event-stream")
 # per request: the CORS headers every answer to this request carries (Ollama's, for the client's Origin)
-CORS_HEADERS = web.RequestKey("vramgate.cors", tuple)
+CORS_HEADERS: web.RequestKey[Iterable[tuple[str, str]]] = web.RequestKey("vramgate.cors", tuple)
 _log = get_logger("vramgate.relay")
 
 

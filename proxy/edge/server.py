@@ -28,15 +28,15 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from proxy.config.log_setup import configure_logging, get_logger
 from proxy.config.settings import Settings
 from proxy.edge.access_log import AccessLog
-from proxy.edge.admission import Admission, PassThrough
 from proxy.edge.cors import Cors
-from proxy.edge.errors import JSON_TYPE, error_body
 from proxy.edge.host_guard import HostGuard, LocalNames
 from proxy.edge.relay import Relay
+from proxy.gate.admission import Admission, PassThrough
 from proxy.gate.service import (
     build_admission,  # part of vramgate: an import error is a crash, never a mode
 )
 from proxy.ollama.client import new_session
+from proxy.ollama.errors import JSON_TYPE, error_body
 
 AdmissionFactory = Callable[[Settings, aiohttp.ClientSession], Admission]
 _log = get_logger("vramgate.http")
@@ -85,7 +85,7 @@ class _Protocol(RequestHandler):
         response = web.Response(status=status, body=error_body("/", text, status), headers={"Content-Type": JSON_TYPE})
         response.force_close()
         if self.transport is not None and not isinstance(self.transport, _LingeringClose):
-            self.transport = _LingeringClose(self.transport)
+            self.transport = _LingeringClose(self.transport)  # type: ignore[assignment]  # (a wrapper)
         return response
 
     def data_received(self, data: bytes) -> None:
@@ -93,7 +93,7 @@ class _Protocol(RequestHandler):
             return  # after an error answer: what the client still sends is read and dropped
         super().data_received(data)
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # (asyncio's signature)
         if isinstance(self.transport, _LingeringClose):
             self.transport.peer_done()
             return False

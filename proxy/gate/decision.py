@@ -24,16 +24,26 @@ from proxy.ollama.versions import ServerSettings, default_num_batch, parallel_fo
 
 
 class FootprintLike(Protocol):
-    weights_bytes: int
-    gpu_weights_bytes: int
-    projector_bytes: int
-    kv_bytes: int
-    compute_bytes: int
-    output_bytes: int
-    gpu_total_bytes: int
-    layers: int
-    layer_bytes: Any  # per repeating layer (tuple) or one size for all
-    output_layer_bytes: int
+    """What the decision reads of a footprint (``proxy.footprint.Footprint`` is one)."""
+
+    @property
+    def gpu_weights_bytes(self) -> int: ...
+    @property
+    def projector_bytes(self) -> int: ...
+    @property
+    def kv_bytes(self) -> int: ...
+    @property
+    def compute_bytes(self) -> int: ...
+    @property
+    def output_bytes(self) -> int: ...
+    @property
+    def gpu_total_bytes(self) -> int: ...
+    @property
+    def layers(self) -> int: ...
+    @property
+    def layer_bytes(self) -> Any: ...  # per repeating layer (tuple) or one size for all
+    @property
+    def output_layer_bytes(self) -> int: ...
 
 
 # footprint at (num_ctx, parallel, num_batch); the gate binds the model and server settings

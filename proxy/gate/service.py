@@ -28,9 +28,8 @@ import aiohttp
 import structlog
 
 from proxy.config.settings import Settings
-from proxy.edge.admission import AdmissionRequest, Forward, Respond
-from proxy.edge.errors import error_body
 from proxy.footprint import ModelDescription, description_from_show
+from proxy.gate.admission import AdmissionRequest, Forward, Respond
 from proxy.gate.audit import Audit, load_options
 from proxy.gate.decision import (
     Admit,
@@ -56,6 +55,7 @@ from proxy.gpu.probe import GpuProbe
 from proxy.gpu.snapshot import GpuSnapshot
 from proxy.ollama import client as ollama_client
 from proxy.ollama.client import ModelUnknown, OllamaUnavailable
+from proxy.ollama.errors import error_body
 from proxy.ollama.gojson import GoObject, GoRejects, Unreadable, encode
 from proxy.ollama.model_name import create_pull_name, parse_pull_name
 from proxy.ollama.multipart import NotMultipart, UnreadableMultipart, multipart_fields

@@ -122,7 +122,7 @@ class NvmlReader:
             free=int(mem.free),
             bandwidth=bandwidth,
             processes=tuple(processes),
-            compute_capability=cc,  # type: ignore[arg-type]
+            compute_capability=cc,  # type: ignore[arg-type,unused-ignore]
         )
 
 

@@ -96,7 +96,7 @@ class GoObject(list[tuple[str, Any]]):
     """
 
     __slots__ = ()
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment,unused-ignore]  # (mypy versions differ)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, GoObject) and list.__eq__(self, other)
@@ -250,7 +250,7 @@ def _fixed(child: Any, stack: list[Any]) -> Any:
 
 # --- encode -------------------------------------------------------------------------------------
 
-_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def encode(value: Any) -> bytes:
@@ -443,10 +443,11 @@ def bind(obj: Any, schema: Mapping[str, Kind]) -> Bound:
     for name in schema:
         folded.setdefault(fold_name(name), name)  # Go: the first field wins a fold tie
     for key, value in obj:
-        name = key if key in schema else folded.get(fold_name(key))
-        if name is None:
+        found = key if key in schema else folded.get(fold_name(key))
+        if found is None:
             bound.rest.append((key, value))
             continue
+        name = found
         error = _store(bound.values, name, schema[name], value)
         if error is not None and isinstance(schema[name], Custom):
             bound.type_error = error  # an UnmarshalJSON error ends decoding and is what Go returns

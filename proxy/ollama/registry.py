@@ -127,7 +127,8 @@ class Registries:
     def _base_host(self) -> str:
         """``host[:port]`` of the registry base URL (port left out when it is the scheme's default)."""
         base = self._base
-        return base.host_port_subcomponent.lower() if base.host else ""
+        host = base.host_port_subcomponent
+        return host.lower() if host else ""
 
     @property
     def public_hosts(self) -> tuple[str, ...]:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from proxy.config.settings import Settings
+from typing import Protocol
 
 GiB = 1024**3
 Version = tuple[int, int, int]
@@ -91,7 +90,22 @@ class ServerSettings:
         return default_num_ctx(self.version, gpu_totals, self.gpu_overhead, self.context_length)
 
 
-def server_settings(settings: Settings, version_text: str, gpus_support_fa: bool = True) -> ServerSettings:
+class ServerConfig(Protocol):
+    """The settings that mirror the Ollama server's own (vramgate's Settings has them)."""
+
+    @property
+    def flash_attention(self) -> str: ...
+    @property
+    def num_parallel(self) -> int: ...
+    @property
+    def kv_cache_type(self) -> str: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def gpu_overhead(self) -> int: ...
+
+
+def server_settings(settings: ServerConfig, version_text: str, gpus_support_fa: bool = True) -> ServerSettings:
     """Flash attention 'auto' is on where every GPU supports it (CUDA compute >= 6, assumed with NVML)."""
     fa = {"on": True, "off": False}.get(settings.flash_attention, gpus_support_fa)
     return ServerSettings(

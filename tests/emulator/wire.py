@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -47,7 +47,7 @@ def rfc3339(ts: float | None = None) -> str:
     """``2026-11-24T21:45:29.123456789Z`` like Go's time.Time JSON encoding in UTC."""
     ns = time.time_ns() if ts is None else int(ts * 1e9)
     seconds, frac = divmod(ns, 1_000_000_000)
-    base = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    base = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     frac_text = f"{frac:09d}".rstrip("0")
     return f"{base}.{frac_text}Z" if frac_text else f"{base}Z"
 
