@@ -17,7 +17,7 @@ from typing import Protocol
 class AdmissionRequest:
     method: str
     path: str  # request path without the query string (as Ollama's router sees it)
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # the client's (Content-Type and Content-Encoding decide how the body is read)
     body: bytes  # the complete request body as the client sent it
     client: str  # who asked: the remote address
     query: str = ""  # the raw query string, without "?"

@@ -50,7 +50,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 class ManifestSizes:
     weights_bytes: int  # the GGUF model layer(s)
     projector_bytes: int
-    download_bytes: int  # every layer: what the pull would download (not used by the gate)
 
 
 @dataclass(frozen=True)
@@ -177,20 +176,19 @@ def manifest_sizes(manifest: object) -> ManifestSizes | None:
     """None when the manifest has no GGUF model layer (safetensors/MLX models: not judged)."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
         return None
-    weights = projector = total = 0
+    weights = projector = 0
     for layer in manifest["layers"]:
         if not isinstance(layer, dict):
             continue
         size = layer.get("size")
         size = size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0
-        total += size
         if layer.get("mediaType") == MODEL_LAYER:
             weights += size
         elif layer.get("mediaType") == PROJECTOR_LAYER:
             projector += size
     if weights == 0:
         return None
-    return ManifestSizes(weights, projector, total)
+    return ManifestSizes(weights, projector)
 
 
 class ManifestNotFound(Exception):
