@@ -96,6 +96,15 @@ def estimated_size(emu: Emulator) -> Callable[[str, LoadOptions], int]:
     return size
 
 
+def small_and_big() -> Emulator:
+    """Ollama 0.33 on a 24 GiB GPU (32k default context) with llama3:8b, which fits, and
+    llama3:70b, which never does: the world of most gate tests."""
+    emu = Emulator(default_num_ctx=32768)
+    emu.add_model("llama3:8b", show_llama3_8b())
+    emu.add_model("llama3:70b", show_llama3_70b())
+    return emu
+
+
 def demo_emulator(free: int = 22 * GiB) -> Emulator:
     """The catalogue used for demos: an 8B that fits a 24 GiB GPU, a 70B that never does."""
     emu = Emulator(default_num_ctx=32768)

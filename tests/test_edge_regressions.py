@@ -20,8 +20,7 @@ from tests.emulator import Emulator
 from tests.emulator_gate import (
     GpuModel,
     estimated_size,
-    show_llama3_8b,
-    show_llama3_70b,
+    small_and_big,
 )
 
 STATIC = [{"name": "RTX 4090", "total": "24GiB", "free": "22GiB", "bandwidth": "1008GB/s"}]
@@ -74,10 +73,7 @@ def _open_fds() -> int:
 
 @pytest.fixture
 def emulator() -> Emulator:
-    emu = Emulator(default_num_ctx=32768)
-    emu.add_model("llama3:8b", show_llama3_8b())
-    emu.add_model("llama3:70b", show_llama3_70b())
-    return emu
+    return small_and_big()
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from tests.emulator_gate import (
     GiB,
     GpuModel,
     estimated_size,
-    show_llama3_8b,
-    show_llama3_70b,
+    small_and_big,
 )
 
 STATIC = [{"name": "RTX 4090", "total": "24GiB", "free": "22GiB", "bandwidth": "1008GB/s"}]
@@ -44,10 +43,7 @@ ROUTES = {
 
 @pytest.fixture
 def emulator() -> Emulator:
-    emu = Emulator(default_num_ctx=32768)
-    emu.add_model(SMALL, show_llama3_8b())
-    emu.add_model(BIG, show_llama3_70b())
-    return emu
+    return small_and_big()
 
 
 @pytest.fixture

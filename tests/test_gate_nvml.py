@@ -13,7 +13,7 @@ import pytest
 from proxy.gate.service import Gate, build_admission
 from proxy.gpu.probe import GpuProbe, NvmlReader, ProcReader
 from tests.emulator import Emulator
-from tests.emulator_gate import GiB, GpuModel, show_llama3_8b, show_llama3_70b
+from tests.emulator_gate import GiB, GpuModel, small_and_big
 from tests.fake_pynvml import NVMLError_GpuIsLost, install, rtx_4090_desktop
 from tests.test_gate_loads import CUDA, FREE, STATIC, footprint_size, post
 
@@ -30,10 +30,7 @@ async def eventually(predicate, timeout: float = 2.0) -> bool:
 
 @pytest.fixture
 def emulator() -> Emulator:
-    emu = Emulator(default_num_ctx=32768)
-    emu.add_model("llama3:8b", show_llama3_8b())
-    emu.add_model("llama3:70b", show_llama3_70b())
-    return emu
+    return small_and_big()
 
 
 @pytest.fixture

@@ -11,17 +11,14 @@ import pytest
 from proxy.cli import main
 from proxy.gate.service import build_admission
 from tests.emulator import Emulator
-from tests.emulator_gate import show_llama3_8b, show_llama3_70b
+from tests.emulator_gate import small_and_big
 
 STATIC = [{"name": "RTX 4090", "total": "24GiB", "free": "24GiB"}]
 
 
 @pytest.fixture
 def emulator() -> Emulator:
-    emu = Emulator(default_num_ctx=32768)
-    emu.add_model("llama3:8b", show_llama3_8b())
-    emu.add_model("llama3:70b", show_llama3_70b())
-    return emu
+    return small_and_big()
 
 
 @pytest.fixture(autouse=True)
