@@ -4,24 +4,51 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 
-from proxy.config.settings import SettingsError, load_settings
+from proxy.config.settings import SettingsError, env_warnings, load_settings
+
+EPILOG = """\
+examples:
+  vramgate                                  run the proxy with the defaults (serve)
+  vramgate --config config/vramgate.toml serve --upstream ollama:11434
+  vramgate plan llama3:8b --vram 24GiB      does llama3:8b fit in 24 GiB, and with what context
+
+Every setting is also an environment variable VRAMGATE_<KEY>; config/vramgate.toml lists them all.
+Run `vramgate COMMAND --help` for a command's options.
+"""
+
+
+def version() -> str:
+    """The installed package's version; the source tree's when vramgate is run uninstalled."""
+    try:
+        return metadata.version("vramgate")
+    except metadata.PackageNotFoundError:
+        from proxy import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vramgate",
         description="A reverse proxy for Ollama that keeps every model load entirely in GPU memory.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"vramgate {version()}")
     parser.add_argument("--config", metavar="FILE", help="TOML settings file (or VRAMGATE_CONFIG)")
-    sub = parser.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="run the proxy (the default)")
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the proxy in front of Ollama (the default)",
+                           description="Run the proxy in front of Ollama.")
     serve.add_argument("--config", metavar="FILE", dest="serve_config", help=argparse.SUPPRESS)
     serve.add_argument("--listen", help="address to listen on (VRAMGATE_LISTEN)")
     serve.add_argument("--upstream", help="where Ollama is (VRAMGATE_UPSTREAM)")
     from proxy import plan
 
-    plan.add_arguments(sub.add_parser("plan", help="show what a model needs on the GPU and what fits"))
+    plan.add_arguments(sub.add_parser(
+        "plan", help="show what a model needs on the GPU, and what fits",
+        description="Show what a model needs on the GPU and what fits a given amount of VRAM."))
     return parser
 
 
@@ -33,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("listen", "upstream")
         if (value := getattr(args, key, None)) is not None
     }
+    if getattr(args, "plan_upstream", None) is not None:  # `plan --upstream`: checked, and named, like serve's
+        overrides["upstream"] = args.plan_upstream
+    for warning in env_warnings():
+        print(f"vramgate: warning: {warning}", file=sys.stderr)
     try:
         settings = load_settings(getattr(args, "serve_config", None) or args.config, **overrides)
     except SettingsError as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy import cli
-from proxy.config.settings import Settings, load_settings
+from proxy.config.settings import Settings, SettingsError, env_warnings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "vramgate.toml"
@@ -94,11 +94,12 @@ def test_the_console_script_and_module_share_main() -> None:
 
 @pytest.mark.parametrize("env,args,expected", [
     ({"VRAMGATE_UPSTREAM": "ftp://ollama"}, [], "invalid setting VRAMGATE_UPSTREAM: unsupported scheme 'ftp'"),
-    ({}, ["--upstream", "ollama:99999"], "invalid setting VRAMGATE_UPSTREAM: invalid port '99999'"),
+    ({}, ["--upstream", "ollama:99999"], "invalid setting --upstream: invalid port '99999'"),
     ({"VRAMGATE_CONNECT_TIMEOUT": "-1"}, [], "invalid setting VRAMGATE_CONNECT_TIMEOUT"),
     ({"VRAMGATE_LOG_FORMAT": "xml"}, [], "invalid setting VRAMGATE_LOG_FORMAT"),
     ({"VRAMGATE_LISTEN": "nowhere"}, [], "invalid setting VRAMGATE_LISTEN: expected host:port"),
-    ({"VRAMGATE_CONFIG": "/no/such/file.toml"}, [], "config file /no/such/file.toml does not exist"),
+    ({"VRAMGATE_CONFIG": "/no/such/file.toml"}, [], "config file /no/such/file.toml does not exist: check VRAMGATE_CONFIG"),
+    ({"OLLAMA_NUM_PARALLEL": "many"}, [], "invalid setting OLLAMA_NUM_PARALLEL: "),
 ])
 def test_invalid_settings_print_one_line_and_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str], args: list[str], expected: str
@@ -112,12 +113,17 @@ def test_invalid_settings_print_one_line_and_exit_2(
     assert expected in captured.err
 
 
-def test_bad_toml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "broken.toml"
-    config.write_text("upstream = \n")
-    assert cli.main(["--config", str(config)]) == 2
+def test_bad_toml_is_one_line_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "x.toml").write_text('upstream = "ollama"\nlisten = ":1"\nfoo bar\n')
+    assert cli.main(["--config", "config/x.toml"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot read settings" in err
+    assert err.count("\n") == 1
+    assert err.startswith("vramgate: cannot read settings file config/x.toml: Expected '=' after a key")
+    assert "(line 3, column 5)" in err
 
 
 def test_python_m_proxy_exits_2_with_one_line() -> None:
@@ -127,3 +133,101 @@ def test_python_m_proxy_exits_2_with_one_line() -> None:
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("vramgate: invalid setting VRAMGATE_READ_TIMEOUT")
+
+
+def settings_error(config: Path | None = None, **overrides: object) -> str:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config, **overrides)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_problem_is_named_as_the_user_wrote_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "x.toml"
+    config.write_text('upstream = "ftp://x"\n')
+    assert settings_error(config).startswith(f"invalid setting upstream (in {config}): unsupported scheme 'ftp'")
+    assert settings_error(config, upstream="ollama:0").startswith("invalid setting --upstream: invalid port '0'")
+    monkeypatch.setenv("VRAMGATE_UPSTREAM", "gopher://x")  # the environment wins over the file: it is the culprit
+    assert settings_error(config).startswith("invalid setting VRAMGATE_UPSTREAM: unsupported scheme 'gopher'")
+    monkeypatch.setenv("VRAMGATE_UPSTREAM", "ollama")
+    config.write_text('read_timeout = "soon"\n')  # and a key only the file sets is still the file's
+    assert settings_error(config).startswith(f"invalid setting read_timeout (in {config}): ")
+
+
+def test_unknown_key_in_the_file_is_refused_naming_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "x.toml"
+    config.write_text('upstraem = "ollama"\n')
+    assert settings_error(config) == f"unknown setting upstraem (in {config}); did you mean upstream?"
+
+
+@pytest.mark.parametrize("where", ["env", "file"])
+def test_the_value_is_said_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    config = tmp_path / "x.toml"
+    config.write_text('registry = "ftp://x"\n')
+    if where == "env":
+        monkeypatch.setenv("VRAMGATE_REGISTRY", "ftp://x")
+    message = settings_error(config)
+    assert message.count("ftp://x") == 1, message
+    monkeypatch.setenv("VRAMGATE_CONNECT_TIMEOUT", "-1")
+    assert settings_error().endswith("Input should be greater than 0 (got '-1')")
+
+
+@pytest.mark.parametrize("value,problem", [
+    ('[{name: "RTX 4090"}]', "Expecting property name enclosed in double quotes"),
+    ("RTX 4090:24GiB", "Expecting value: line 1 column 1"),
+])
+def test_malformed_static_gpus_says_it_must_be_a_json_list(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    monkeypatch.setenv("VRAMGATE_STATIC_GPUS", value)
+    message = settings_error()
+    assert message.startswith(f"invalid setting VRAMGATE_STATIC_GPUS: {value!r} is not valid JSON ({problem}")
+    assert message.endswith('it must be a JSON list of objects like [{"name": "RTX 4090", "total": "24GiB"}]')
+    assert "EnvSettingsSource" not in message and "static_gpus" not in message
+
+
+def test_static_gpus_of_the_wrong_shape_show_the_shape(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VRAMGATE_STATIC_GPUS", '{"name": "RTX 4090", "total": "24GiB"}')
+    assert settings_error() == ('invalid setting VRAMGATE_STATIC_GPUS: Input should be a valid list; VRAMGATE_STATIC_GPUS'
+                                ' must be a JSON list of objects like [{"name": "RTX 4090", "total": "24GiB"}]')
+    monkeypatch.setenv("VRAMGATE_STATIC_GPUS", '[{"name": "RTX 4090", "total": "24GiB", "fre": "1GiB"}]')
+    assert settings_error().startswith("invalid setting VRAMGATE_STATIC_GPUS[0].fre: Extra inputs are not permitted")
+    monkeypatch.delenv("VRAMGATE_STATIC_GPUS")
+    config = tmp_path / "x.toml"
+    config.write_text('static_gpus = [{name = "RTX 4090"}]\n')
+    assert settings_error(config) == (f"invalid setting static_gpus[0].total (in {config}): Field required; static_gpus"
+                                      ' must be a list of objects like [{name = "RTX 4090", total = "24GiB"}]')
+
+
+def test_a_static_gpu_with_more_free_than_total_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VRAMGATE_STATIC_GPUS", '[{"name": "RTX 4090", "total": "24GiB", "free": "30GiB"}]')
+    assert settings_error().startswith(
+        "invalid setting VRAMGATE_STATIC_GPUS[0]: free (30.0 GiB) is larger than total (24.0 GiB) for GPU 'RTX 4090'")
+    monkeypatch.delenv("VRAMGATE_STATIC_GPUS")
+    config = tmp_path / "x.toml"
+    config.write_text('static_gpus = [{name = "A", total = "8GiB"}, {name = "B", total = 100, free = 101}]\n')
+    assert settings_error(config).startswith(f"invalid setting static_gpus[1] (in {config}): free (101 B) is larger")
+    assert load_settings(gpu="static", static_gpus=[{"name": "A", "total": "8GiB", "free": "8GiB"}]).static_gpus
+
+
+def test_static_gpu_mode_without_gpus_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VRAMGATE_GPU", "static")
+    assert settings_error().startswith(
+        'invalid setting VRAMGATE_GPU: "static" needs at least one GPU in static_gpus; set VRAMGATE_STATIC_GPUS to')
+    monkeypatch.delenv("VRAMGATE_GPU")
+    config = tmp_path / "x.toml"
+    config.write_text('gpu = "static"\n')
+    assert settings_error(config).startswith(f'invalid setting gpu (in {config}): "static" needs at least one GPU')
+    monkeypatch.setenv("VRAMGATE_STATIC_GPUS", '[{"name": "RTX 4090", "total": "24GiB"}]')
+    assert load_settings(config).static_gpus[0].total == 24 * 1024**3
+
+
+def test_unknown_vramgate_variables_are_named_with_the_closest_real_one() -> None:
+    env = {"VRAMGATE_UPSTRAEM": "ollama", "VRAMGATE_CONFIG": "x.toml", "VRAMGATE_UPSTREAM": "ollama",
+           "vramgate_listen": ":1", "VRAMGATE_XYZZY": "1", "OLLAMA_HOST": "x", "PATH": "/bin"}
+    assert env_warnings(env) == [
+        "unknown environment variable VRAMGATE_UPSTRAEM is ignored; did you mean VRAMGATE_UPSTREAM?",
+        "unknown environment variable VRAMGATE_XYZZY is ignored; "
+        "the variables are VRAMGATE_<KEY> for each key in config/vramgate.toml",
+    ]
