@@ -123,7 +123,10 @@ CASES = [
     ("nvml shrink", inputs(options={"num_ctx": 32768}, gpus=nvml(gpu(free=9)),
                            residents=[resident("big:latest", 15, busy=True)]), ("rewritten", 24576)),
     # fits only below min_num_ctx: 4.9 GiB budget, 4 + 1 = 5 fixed -> refuse, 503 since empty it fits
-    ("below min_num_ctx refuses", inputs(gpus=static(gpu(free=5.9))), ("refused", 503)),
+    # (NVML: the other programs holding the rest may exit)
+    ("below min_num_ctx refuses", inputs(gpus=nvml(gpu(free=5.9))), ("refused", 503)),
+    # the same on a static GPU: what other programs hold never changes, so waiting cannot help
+    ("below min_num_ctx, static: 507", inputs(gpus=static(gpu(free=5.9))), ("refused", 507)),
     ("explicit small ctx below min is honoured", inputs(options={"num_ctx": 1024}, gpus=static(gpu(free=6.2))), ("admitted", 1024)),
     # two 24 GiB GPUs: 30 GiB weights spread (single GPU 35 > 23); 2x48 GiB total -> default 262144 capped
     ("spread over two GPUs", inputs(weights=30 * GiB, options={"num_ctx": 4096}, gpus=static(gpu(), gpu(index=1))), ("admitted", 4096)),
@@ -172,7 +175,7 @@ def test_idle_eviction_is_claimed_once():
 
 def test_retry_after_shorter_when_ollama_is_busy():
     busy = decide(inputs(weights=12 * GiB, residents=[resident("big:latest", 15, busy=True)]))
-    other = decide(inputs(weights=12 * GiB, gpus=static(gpu(free=8))))
+    other = decide(inputs(weights=12 * GiB, gpus=nvml(gpu(free=8))))  # other programs, which may exit
     assert isinstance(busy, Refuse) and isinstance(other, Refuse)
     assert (busy.retry_after, other.retry_after) == (10, 60)
 
@@ -318,7 +321,9 @@ def test_main_gpu_pins_the_placement():
     two = static(gpu(), gpu(index=1, free=4))
     assert isinstance(decide(inputs(options={"num_ctx": 8192}, gpus=two)), Admit)
     pinned = decide(inputs(options={"num_ctx": 8192, "main_gpu": 1}, gpus=two))
-    assert isinstance(pinned, Refuse) and [b.index for b in pinned.budgets] == [1] and pinned.status == 503
+    assert isinstance(pinned, Refuse) and [b.index for b in pinned.budgets] == [1]
+    # GPU 1's other 20 GiB are static and GPU 0 is out of reach: waiting cannot help
+    assert (pinned.status, pinned.reason) == (507, "held_by_others")
 
 
 def test_single_slot_architectures_ignore_num_parallel():
@@ -327,3 +332,89 @@ def test_single_slot_architectures_ignore_num_parallel():
     qwen3vl = Inputs(inp.request, ModelFacts("m", 33, 262144, False, {}, "qwen3vl"), inp.sizer, server, inp.gpus, policy=POLICY)
     d = decide(qwen3vl)
     assert isinstance(d, Admit) and d.num_ctx == 65536 and d.need.parallel == 1
+
+
+# --- 503 or 507 on static GPUs: waiting helps only if Ollama's own holders are in the way -----------
+
+
+def refusal(inp) -> tuple[int, int | None, str]:
+    d = decide(inp)
+    assert isinstance(d, Refuse), d
+    return d.status, d.retry_after, d.reason
+
+
+@pytest.mark.parametrize(
+    "inp,expected",
+    [
+        # others hold 18.1 of 24 GiB: budget 4.9 < 5.25 GiB at 2048; empty it fits, but static others never leave
+        (inputs(gpus=static(gpu(free=5.9))), (507, None, "held_by_others")),
+        # the same numbers from NVML: the other programs may exit
+        (inputs(gpus=nvml(gpu(free=5.9))), (503, 60, "no_room")),
+        # a busy Ollama model holds 15.5 GiB: once it is done the 12 GiB model fits (23 GiB)
+        (inputs(weights=12 * GiB, residents=[resident("big:latest", 15, busy=True)]), (503, 10, "busy")),
+        # an idle model Ollama may not evict (evict_idle off) goes at its keep-alive: 503, the longer wait
+        (inputs(weights=12 * GiB, residents=[resident("big:latest", 15)], policy=Policy(1 * GiB, 512 * MiB, 2048, evict_idle=False)),
+         (503, 60, "no_room")),
+        # a load admitted but not yet resident holds 20 GiB
+        (inputs(reservations=[Reservation("x:latest", ((0, 20 * GiB),))]), (503, 10, "busy")),
+        # others hold 16 GiB, a busy model 3.5: without the model 8 - 1 = 7 GiB < 13.25 GiB at 2048
+        (inputs(weights=12 * GiB, gpus=static(gpu(free=8)), residents=[resident("big:latest", 3, busy=True)]),
+         (507, None, "held_by_others")),
+        # ... while with 15 GiB configured free the model's leaving makes room: 503
+        (inputs(weights=12 * GiB, gpus=static(gpu(free=15)), residents=[resident("big:latest", 3, busy=True)]),
+         (503, 10, "busy")),
+        # never fits, even empty: too_big whatever holds memory
+        (inputs(weights=30 * GiB, gpus=static(gpu(free=5)), residents=[resident("big:latest", 3, busy=True)]),
+         (507, None, "too_big")),
+        # /v1 cannot be shrunk: at its default 32768 it needs 9 GiB, others leave 8 - 1 = 7
+        (inputs(route="openai", gpus=static(gpu(free=8))), (507, None, "held_by_others")),
+    ],
+    ids=["static others only", "nvml others", "static busy model", "static idle model, evict_idle off",
+         "static pending load", "static others and a busy model", "static busy model in the way",
+         "too big", "/v1 static others"],
+)
+def test_waiting_helps_only_if_something_can_let_go(inp, expected):
+    assert refusal(inp) == expected
+
+
+def test_static_others_refusal_keeps_the_numbers_that_fit_now_and_when_free():
+    # /v1 at 32768 needs 9 GiB; 7 GiB usable now: 16384 tokens (7 GiB = 4 + 2 + 1) fit now; empty, all of it
+    d = decide(inputs(route="openai", gpus=static(gpu(free=8))))
+    assert isinstance(d, Refuse)
+    assert (d.fits_ctx_now, d.fits_ctx_when_free, d.budgets[0].others) == (16384, 32768, 16 * GiB)
+
+
+# --- the context asked and why it was lowered -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw,expected",
+    [
+        # 1000000 capped to the trained 262144 (37 GiB) then shrunk to 147456 (18 GiB of KV)
+        ({"options": {"num_ctx": 1000000}}, ("rewritten", 1000000, ((262144, "trained context"), (147456, "GPU memory")))),
+        # only the trained context: 131072 tokens need 4 + 16 + 1 = 21 <= 23 GiB
+        ({"options": {"num_ctx": 1000000}, "trained": 131072}, ("admitted", 1000000, ((131072, "trained context"),))),
+        # only memory
+        ({"options": {"num_ctx": 262144}}, ("rewritten", 262144, ((147456, "GPU memory"),))),
+        # the Modelfile asks too
+        ({"modelfile": {"num_ctx": 500000}, "trained": 131072}, ("admitted", 500000, ((131072, "trained context"),))),
+        # the server's default (32768 on 24 GiB) is Ollama's own pick, not an ask: no step for the cap
+        ({"trained": 8192}, ("admitted", 8192, ())),
+        # nothing lowered
+        ({"options": {"num_ctx": 8192}}, ("admitted", 8192, ())),
+        # /v1 is forwarded as it is: vramgate lowers nothing
+        ({"route": "openai", "modelfile": {"num_ctx": 500000}, "trained": 131072}, ("admitted", 500000, ())),
+    ],
+    ids=["trained then memory", "trained only", "memory only", "Modelfile", "server default", "as asked", "/v1"],
+)
+def test_context_steps(kw, expected):
+    d = decide(inputs(**kw))
+    assert isinstance(d, Admit)
+    assert (d.reason, d.requested_ctx, d.ctx_steps) == expected
+    if d.ctx_steps:
+        assert d.num_ctx == d.ctx_steps[-1][0] == d.options["num_ctx"]
+
+
+def test_sticky_and_resident_reuse_have_no_context_steps():
+    sticky = decide(inputs(options={"num_ctx": 2048}, residents=[resident("m:latest", 5.5, load=STICKY, ctx=8192)]))
+    assert isinstance(sticky, Admit) and sticky.reason == "sticky" and sticky.ctx_steps == ()

@@ -83,7 +83,7 @@ async def test_long_context_is_shrunk_to_fit(gate_url, emulator, gpu):
     (sent,) = forwarded(emulator, "/api/chat")
     to = sent["options"]["num_ctx"]
     assert 2048 <= to < 131072 and to % 256 == 0
-    assert headers["X-Vramgate-Num-Ctx"] == f"131072 -> {to}"
+    assert headers["X-Vramgate-Num-Ctx"] == f"131072 -> {to} (GPU memory)"
     assert headers["X-Vramgate-Decision"].startswith(f"rewritten num_ctx={to}")
     # the GPU model (sizes at batch 512) holds it; the gate assumed Ollama's larger batch, so it is safe
     runner = emulator.runners["llama3:8b"]
@@ -108,15 +108,16 @@ async def test_never_fits_is_507_with_explanation(gate_url, emulator):
     assert emulator.received("/api/generate") == []  # Ollama never contacted
 
 
-async def test_would_fit_later_is_503_with_retry_after(start_proxy, emulator, gpu):
-    # other processes hold 19 of 24 GiB: 5 GiB free, 4 GiB usable; the 8B needs 4.8 GiB even at 2048
+async def test_static_gpu_held_by_others_is_507_without_retry_after(start_proxy, emulator, gpu):
+    # other processes hold 19 of 24 GiB: 5 GiB free, 4 GiB usable; the 8B needs 4.8 GiB even at 2048,
+    # and on a static GPU what they hold never changes: waiting cannot help
     crowded = [{"name": "RTX 4090", "total": "24GiB", "free": "5GiB"}]
     url = await start_proxy(admission_factory=build_admission, gpu="static", static_gpus=crowded)
     status, headers, body = await post(url, "/api/generate", {"model": "llama3:8b", "prompt": "hi"})
-    assert status == 503
-    assert headers["Retry-After"] == "60"
+    assert status == 507
+    assert "Retry-After" not in headers
     assert "Held by: programs other than Ollama 19.0 GiB on GPU 0." in body["error"]
-    assert "It would fit once other holders let go of memory: retry in 60 s" in body["error"]
+    assert "so waiting will not help" in body["error"]
     assert body["vramgate"]["gpus"][0]["others_bytes"] == 19 * GiB
     assert body["vramgate"]["fits_num_ctx_when_free"] == 32768
     assert emulator.received("/api/generate") == []
@@ -242,7 +243,7 @@ async def test_two_gpus_spread_a_model_neither_holds_alone(start_proxy, emulator
     emulator.runners.clear()
     status, headers, _ = await post(url, "/api/generate", {"model": "llama3:70b", "prompt": "hi", "stream": False})
     assert status == 200
-    frm, to = headers["X-Vramgate-Num-Ctx"].split(" -> ")
+    frm, to = headers["X-Vramgate-Num-Ctx"].removesuffix(" (GPU memory)").split(" -> ")
     assert frm == "131072" and 8192 <= int(to) < 65536
 
 

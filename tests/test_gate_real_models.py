@@ -44,7 +44,7 @@ async def test_longest_context_is_fitted_or_admitted(start_proxy, emulator, name
     ctx = sent["options"]["num_ctx"]
     assert 2048 <= ctx <= trained
     if ctx < trained:
-        assert headers["X-Vramgate-Num-Ctx"] == f"{trained} -> {ctx}"
+        assert headers["X-Vramgate-Num-Ctx"] == f"{trained} -> {ctx} (GPU memory)"
     runner = emulator.runners[name]
     assert runner.size_vram == runner.size and gpu.ooms == []
     assert gpu.held() <= FREE - RESERVE

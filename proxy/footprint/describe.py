@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -41,6 +42,23 @@ def _per_layer(value: Any, n: int) -> tuple[int, ...] | None:
     return (int(value),) * n
 
 
+@dataclass(frozen=True)
+class _Keys:
+    """The GGUF metadata keys of one architecture, read as llama.cpp's ``LLM_KV`` names them."""
+
+    metadata: Mapping[str, Any]
+    prefix: str
+
+    def __call__(self, suffix: str, default: Any = None) -> Any:
+        return self.metadata.get(f"{self.prefix}.{suffix}", default)
+
+    def int(self, suffix: str, default: int = 0) -> int:
+        return _int(self(suffix), default)
+
+    def has(self, suffix: str) -> bool:
+        return f"{self.prefix}.{suffix}" in self.metadata
+
+
 def describe(
     metadata: Mapping[str, Any],
     tensors: Iterable[Tensor],
@@ -49,190 +67,231 @@ def describe(
     name: str | None = None,
     projector_bytes: int = 0,
 ) -> ModelDescription:
+    """The model as llama.cpp sizes it: each step below reads one group of hyper-parameters."""
     prefix = str(metadata.get("general.architecture") or "unknown")
     arch = archs.ALIASES.get(prefix, prefix)  # the llama.cpp name the rules are keyed by
+    k = _Keys(metadata, prefix)
     tensors = tuple(tensors)
-
-    def key(suffix: str, default: Any = None) -> Any:
-        return metadata.get(f"{prefix}.{suffix}", default)
-
-    n_layer = _int(key("block_count"))
-    n_embd = _int(key("embedding_length"))
-    by_layer: dict[int, dict[str, Tensor]] = {}
-    for t in tensors:
-        m = _LAYER_TENSOR.match(t.name)
-        if m:
-            by_layer.setdefault(int(m.group(1)), {})[m.group(2)] = t
-    if n_layer == 0 and by_layer:
-        n_layer = max(by_layer) + 1
-
-    vocab = _int(key("vocab_size"))
-    if not vocab:
-        tokens = metadata.get("tokenizer.ggml.tokens")
-        if isinstance(tokens, (list, tuple, range)):
-            vocab = len(tokens)
-    if not vocab:
-        embd = next((t for t in tensors if t.name in ("token_embd.weight", "output.weight")), None)
-        vocab = embd.shape[1] if embd is not None and len(embd.shape) > 1 else 0
-
+    by_layer = _tensors_by_layer(tensors)
+    n_layer = _block_count(k, by_layer)
+    n_embd = k.int("embedding_length")
     notes: list[str] = []
-    heads = _per_layer(key("attention.head_count"), n_layer)
-    heads_kv = _per_layer(key("attention.head_count_kv"), n_layer)
-    head0 = heads[0] if heads else 0
-    key_length = _int(key("attention.key_length"), n_embd // head0 if head0 else 0)
-    value_length = _int(key("attention.value_length"), n_embd // head0 if head0 else 0)
-
-    if heads is None:
-        heads = tuple(_heads_from_tensors(by_layer.get(il, {}), key_length, "q") for il in range(n_layer))
-        if any(heads):
-            head0 = next(h for h in heads if h)
-            key_length = _int(key("attention.key_length"), n_embd // head0)
-            value_length = _int(key("attention.value_length"), n_embd // head0)
-    if heads_kv is None:
-        recovered = tuple(_kv_heads_from_tensors(by_layer.get(il, {}), key_length, heads[il]) for il in range(n_layer))
-        heads_kv = recovered if any(recovered) else heads
-
-    # sliding window
-    window = _int(key("attention.sliding_window"))
-    swa: tuple[bool, ...] = (False,) * n_layer
-    pattern_value = key("attention.sliding_window_pattern")
-    rule = archs.SWA_RULES.get(arch)
-    pattern_key = f"{prefix}.attention.sliding_window_pattern"
-    if isinstance(pattern_value, (list, tuple)) and pattern_value:
-        swa = tuple(bool(v) for v in pattern_value)[:n_layer]
-        swa = swa + (False,) * (n_layer - len(swa))
-    elif pattern_key in metadata and pattern_value is None:
-        # a per-layer array that /api/show without verbose turns into null: which layers slide is
-        # unknowable, so every layer is sized with the full context (never below llama.cpp)
-        notes.append(
-            "sliding_window_pattern is null in this /api/show answer: every layer sized with the "
-            "full context; ask /api/show with verbose for the exact sliding-window sizes"
-        )
-    elif rule is not None and not (rule.needs_window_key and window <= 0):
-        if arch == "llama4" and key("attention.sliding_window") is not None and window == 0:
-            pass  # llama4 without chunked attention
-        else:
-            pattern = _int(pattern_value, rule.pattern)
-            swa = archs.swa_layers(arch, n_layer, pattern, rule.dense_first)
-            window = window or rule.default_window
-            if arch == "llama4":
-                window = 8192
-    elif _int(pattern_value) and window > 0 and arch not in ("phi3",):
-        swa = archs.swa_layers(arch, n_layer, _int(pattern_value))
-        notes.append(f"{arch}: sliding-window layers from the GGUF's sliding_window_pattern")
-    if not any(swa):
-        window = 0
-
-    # which layers have attention KV and which a recurrent state
-    nextn = _int(key("nextn_predict_layers"))
-    trunk = n_layer - nextn
-    if arch in archs.NO_MEMORY:
-        attention = (False,) * n_layer
-        recurrent = (False,) * n_layer
-    elif arch in archs.RECURRENT:
-        attention = (False,) * n_layer
-        recurrent = tuple(il < trunk for il in range(n_layer))
-    elif arch in archs.HYBRID:
-        attention, recurrent = _hybrid_layers(arch, by_layer, n_layer, trunk, heads_kv, key)
-    else:
-        attention = tuple(il < trunk for il in range(n_layer))
-        recurrent = (False,) * n_layer
-
-    if arch == "lfm2" or arch == "lfm2moe":
-        if window > 0 and key("attention.sliding_window") is not None:
-            swa = tuple(attention)
-        else:
-            swa = (False,) * n_layer
-            window = 0
-
-    # recurrent state widths (llama_hparams::n_embd_r / n_embd_s)
-    d_conv = _int(key("ssm.conv_kernel"))
-    d_inner = _int(key("ssm.inner_size"))
-    d_state = _int(key("ssm.state_size"))
-    n_group = _int(key("ssm.group_count"))
-    wkv = _int(key("wkv.head_size"))
-    l_cache = _int(key("shortconv.l_cache"))
-    if wkv:
-        r = _int(key("token_shift_count"), 2) * n_embd
-        s = n_embd * wkv
-    elif l_cache:
-        r = n_embd * (l_cache - 1)
-        s = d_state * d_inner
-    else:
-        r = max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state)
-        s = d_state * d_inner
-
-    # MLA: K-only latent cache when the GGUF carries the MLA head sizes (llama_hparams::is_mla)
-    mla = bool(_int(key("attention.key_length_mla")) and _int(key("attention.value_length_mla")))
-
-    pooling = key("pooling_type")
-    causal = bool(key("attention.causal", True))
-    is_embedding = arch in archs.NO_MEMORY or (pooling is not None and _int(pooling) not in (0, -1))
-
+    heads, heads_kv, key_length, value_length = _attention_heads(k, by_layer, n_layer, n_embd)
+    swa, window = _sliding_window(k, arch, n_layer, notes)
+    attention, recurrent = _memory_layers(k, arch, by_layer, n_layer, heads_kv)
+    swa, window = _lfm2_window(k, arch, attention, swa, window)
     known = archs.is_known(arch)
-    if not known:
+    if not known:  # sized on the safe side: full context on every layer
         notes.append(
             f"architecture {arch!r} is not modelled: KV assumes full context on every layer (+10 %) "
             "and compute the no-flash-attention peak (+25 %), so the estimate errs high"
         )
-        attention = (True,) * n_layer
-        swa = (False,) * n_layer
-        window = 0
-
-    params = MappingProxyType(dict(parameters or {}))
-    ff = _per_layer(key("feed_forward_length"), n_layer)
+        attention, swa, window = (True,) * n_layer, (False,) * n_layer, 0
+    r, s = _recurrent_state(k, n_embd) if any(recurrent) else (0, 0)
     return ModelDescription(
         architecture=prefix,
         block_count=n_layer,
-        context_length=_int(key("context_length")),
+        context_length=k.int("context_length"),
         embedding_length=n_embd,
-        vocab_size=vocab,
+        vocab_size=_vocab_size(k, tensors),
         head_count=tuple(heads),
         head_count_kv=tuple(heads_kv),
         key_length=key_length,
         value_length=value_length,
-        key_length_swa=_int(key("attention.key_length_swa")),
-        value_length_swa=_int(key("attention.value_length_swa")),
+        key_length_swa=k.int("attention.key_length_swa"),
+        value_length_swa=k.int("attention.value_length_swa"),
         tensors=tensors,
-        feed_forward_length=max(ff) if ff else _ff_from_tensors(by_layer),
+        feed_forward_length=_feed_forward_length(k, by_layer, n_layer),
         sliding_window=window,
         swa_layers=swa,
         attention_layers=attention,
         recurrent_layers=recurrent,
-        recurrent_r=r if any(recurrent) else 0,
-        recurrent_s=s if any(recurrent) else 0,
-        expert_count=_int(key("expert_count")),
-        expert_used_count=_int(key("expert_used_count")),
-        mla=mla,
-        kv_lora_rank=_int(key("attention.kv_lora_rank")),
-        key_length_mla=_int(key("attention.key_length_mla")),
-        value_length_mla=_int(key("attention.value_length_mla")),
-        ssm_conv_kernel=d_conv,
-        ssm_inner_size=d_inner,
-        ssm_state_size=d_state,
-        ssm_group_count=n_group,
-        ssm_time_step_rank=_int(key("ssm.time_step_rank")),
-        nextn_layers=nextn,
-        is_embedding=is_embedding,
-        causal=causal,
+        recurrent_r=r,
+        recurrent_s=s,
+        expert_count=k.int("expert_count"),
+        expert_used_count=k.int("expert_used_count"),
+        # MLA: K-only latent cache when the GGUF carries the MLA head sizes (llama_hparams::is_mla)
+        mla=bool(k.int("attention.key_length_mla") and k.int("attention.value_length_mla")),
+        kv_lora_rank=k.int("attention.kv_lora_rank"),
+        key_length_mla=k.int("attention.key_length_mla"),
+        value_length_mla=k.int("attention.value_length_mla"),
+        ssm_conv_kernel=k.int("ssm.conv_kernel"),
+        ssm_inner_size=k.int("ssm.inner_size"),
+        ssm_state_size=k.int("ssm.state_size"),
+        ssm_group_count=k.int("ssm.group_count"),
+        ssm_time_step_rank=k.int("ssm.time_step_rank"),
+        nextn_layers=k.int("nextn_predict_layers"),
+        is_embedding=_is_embedding(k, arch),
+        causal=bool(k("attention.causal", True)),
         known_architecture=known,
         projector_bytes=projector_bytes,
-        parameters=params,
+        parameters=MappingProxyType(dict(parameters or {})),
         name=name,
         file_type=_file_type(metadata.get("general.file_type")),
         notes=tuple(notes),
     )
 
 
-def _per_layer_is_array(value: Any) -> bool:
-    return isinstance(value, (list, tuple))
+# --- the steps of describe, in the order it takes them -------------------------------------------
+
+
+def _tensors_by_layer(tensors: tuple[Tensor, ...]) -> dict[int, dict[str, Tensor]]:
+    """``blk.N.<name>`` tensors grouped by layer: the shapes stand in for null per-layer arrays."""
+    by_layer: dict[int, dict[str, Tensor]] = {}
+    for t in tensors:
+        m = _LAYER_TENSOR.match(t.name)
+        if m:
+            by_layer.setdefault(int(m.group(1)), {})[m.group(2)] = t
+    return by_layer
+
+
+def _block_count(k: _Keys, by_layer: Mapping[int, Any]) -> int:
+    """Repeating layers: the key, else one more than the highest ``blk.N`` tensor."""
+    n_layer = k.int("block_count")
+    if n_layer == 0 and by_layer:
+        return max(by_layer) + 1
+    return n_layer
+
+
+def _vocab_size(k: _Keys, tensors: tuple[Tensor, ...]) -> int:
+    """Vocabulary size: the key, else the tokenizer's token list, else the embedding's shape."""
+    vocab = k.int("vocab_size")
+    if vocab:
+        return vocab
+    tokens = k.metadata.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, (list, tuple, range)) and len(tokens):
+        return len(tokens)
+    embd = next((t for t in tensors if t.name in ("token_embd.weight", "output.weight")), None)
+    return _out_dim(embd)
+
+
+def _attention_heads(
+    k: _Keys, by_layer: Mapping[int, Mapping[str, Tensor]], n_layer: int, n_embd: int
+) -> tuple[tuple[int, ...], tuple[int, ...], int, int]:
+    """Query and KV heads per layer and the per-head sizes; null arrays recovered from tensor shapes."""
+    heads = _per_layer(k("attention.head_count"), n_layer)
+    if heads is None:
+        q_dim = k.int("attention.key_length")
+        heads = tuple(_heads_from_tensors(by_layer.get(il, {}), q_dim) for il in range(n_layer))
+        head0 = next((h for h in heads if h), 0)
+    else:
+        head0 = heads[0] if heads else 0
+    fallback = n_embd // head0 if head0 else 0  # llama.cpp: n_embd / n_head without the keys
+    key_length = k.int("attention.key_length", fallback)
+    value_length = k.int("attention.value_length", fallback)
+    heads_kv = _per_layer(k("attention.head_count_kv"), n_layer)
+    if heads_kv is None:
+        recovered = tuple(_kv_heads_from_tensors(by_layer.get(il, {}), key_length, heads[il]) for il in range(n_layer))
+        heads_kv = recovered if any(recovered) else heads
+    return heads, heads_kv, key_length, value_length
+
+
+def _sliding_window(k: _Keys, arch: str, n_layer: int, notes: list[str]) -> tuple[tuple[bool, ...], int]:
+    """Which layers attend over a sliding window, and its size (0 when no layer does)."""
+    swa, window = _swa_layers(k, arch, n_layer, notes)
+    return swa, window if any(swa) else 0
+
+
+def _swa_layers(k: _Keys, arch: str, n_layer: int, notes: list[str]) -> tuple[tuple[bool, ...], int]:
+    """The GGUF's per-layer array if there is one, else the architecture's rule, else its pattern key."""
+    window = k.int("attention.sliding_window")
+    pattern = k("attention.sliding_window_pattern")
+    rule = archs.SWA_RULES.get(arch)
+    if isinstance(pattern, (list, tuple)) and pattern:
+        return _swa_from_array(pattern, n_layer), window
+    if k.has("attention.sliding_window_pattern") and pattern is None:
+        # a per-layer array that /api/show without verbose turns into null: which layers slide is
+        # unknowable, so every layer is sized with the full context (never below llama.cpp)
+        notes.append(
+            "sliding_window_pattern is null in this /api/show answer: every layer sized with the "
+            "full context; ask /api/show with verbose for the exact sliding-window sizes"
+        )
+        return (False,) * n_layer, window
+    if rule is not None and not (rule.needs_window_key and window <= 0):
+        return _swa_from_rule(k, arch, rule, n_layer, window, pattern)
+    if _int(pattern) and window > 0 and arch != "phi3":
+        notes.append(f"{arch}: sliding-window layers from the GGUF's sliding_window_pattern")
+        return archs.swa_layers(arch, n_layer, _int(pattern)), window
+    return (False,) * n_layer, window
+
+
+def _swa_from_array(pattern: list | tuple, n_layer: int) -> tuple[bool, ...]:
+    """The GGUF's per-layer flags, cut or padded (no sliding window) to the layer count."""
+    swa = tuple(bool(v) for v in pattern)[:n_layer]
+    return swa + (False,) * (n_layer - len(swa))
+
+
+def _swa_from_rule(
+    k: _Keys, arch: str, rule: archs.SwaRule, n_layer: int, window: int, pattern: Any
+) -> tuple[tuple[bool, ...], int]:
+    """The architecture's own layer pattern and default window (llama4: chunked attention)."""
+    if arch == "llama4" and k("attention.sliding_window") is not None and window == 0:
+        return (False,) * n_layer, window  # llama4 without chunked attention
+    swa = archs.swa_layers(arch, n_layer, _int(pattern, rule.pattern), rule.dense_first)
+    return swa, 8192 if arch == "llama4" else window or rule.default_window
+
+
+def _memory_layers(
+    k: _Keys, arch: str, by_layer: Mapping[int, Mapping[str, Tensor]], n_layer: int, heads_kv: tuple[int, ...]
+) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    """Which layers get an attention KV cache and which a recurrent state (MTP/NextN layers neither)."""
+    trunk = n_layer - k.int("nextn_predict_layers")
+    in_trunk = tuple(il < trunk for il in range(n_layer))
+    none = (False,) * n_layer
+    if arch in archs.NO_MEMORY:
+        return none, none
+    if arch in archs.RECURRENT:
+        return none, in_trunk
+    if arch in archs.HYBRID:
+        return _hybrid_layers(arch, by_layer, n_layer, trunk, heads_kv)
+    return in_trunk, none
+
+
+def _lfm2_window(
+    k: _Keys, arch: str, attention: tuple[bool, ...], swa: tuple[bool, ...], window: int
+) -> tuple[tuple[bool, ...], int]:
+    """LFM2 slides on its attention layers, and only when the GGUF has a sliding_window key."""
+    if arch not in ("lfm2", "lfm2moe"):
+        return swa, window
+    if window > 0 and k("attention.sliding_window") is not None:
+        return tuple(attention), window
+    return (False,) * len(attention), 0
+
+
+def _recurrent_state(k: _Keys, n_embd: int) -> tuple[int, int]:
+    """f32 values per sequence of the conv/token-shift state and of the SSM/wkv state (n_embd_r, n_embd_s)."""
+    d_conv, d_inner = k.int("ssm.conv_kernel"), k.int("ssm.inner_size")
+    d_state, n_group = k.int("ssm.state_size"), k.int("ssm.group_count")
+    wkv, l_cache = k.int("wkv.head_size"), k.int("shortconv.l_cache")
+    if wkv:  # RWKV
+        return k.int("token_shift_count", 2) * n_embd, n_embd * wkv
+    if l_cache:  # LFM2 short convolutions
+        return n_embd * (l_cache - 1), d_state * d_inner
+    return max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state), d_state * d_inner  # Mamba
+
+
+def _feed_forward_length(k: _Keys, by_layer: Mapping[int, Mapping[str, Tensor]], n_layer: int) -> int:
+    """The widest feed-forward layer: the key (scalar or per layer), else the ffn_up shapes."""
+    ff = _per_layer(k("feed_forward_length"), n_layer)
+    return max(ff) if ff else _ff_from_tensors(by_layer)
+
+
+def _is_embedding(k: _Keys, arch: str) -> bool:
+    """An embedding/reranker model: no KV cache at all, or a pooling type set."""
+    pooling = k("pooling_type")
+    return arch in archs.NO_MEMORY or (pooling is not None and _int(pooling) not in (0, -1))
+
+
+# --- shapes of single tensors --------------------------------------------------------------------
 
 
 def _out_dim(t: Tensor | None) -> int:
+    """A tensor's second dimension (rows: output features), 0 when it has none."""
     return t.shape[1] if t is not None and len(t.shape) > 1 else 0
 
 
-def _heads_from_tensors(layer: Mapping[str, Tensor], head_dim: int, which: str) -> int:
+def _heads_from_tensors(layer: Mapping[str, Tensor], head_dim: int) -> int:
+    """Query heads of one layer from its attn_q shape; 0 when unknown."""
     if not head_dim:
         return 0
     q = layer.get("attn_q.weight")
@@ -257,6 +316,7 @@ def _kv_heads_from_tensors(layer: Mapping[str, Tensor], head_dim: int, n_head: i
 
 
 def _ff_from_tensors(by_layer: Mapping[int, Mapping[str, Tensor]]) -> int:
+    """The widest ffn_up among the layers (0 when there is none)."""
     best = 0
     for layer in by_layer.values():
         up = layer.get("ffn_up.weight")
@@ -265,10 +325,12 @@ def _ff_from_tensors(by_layer: Mapping[int, Mapping[str, Tensor]]) -> int:
     return best
 
 
-def _hybrid_layers(arch, by_layer, n_layer, trunk, heads_kv, key):
+def _hybrid_layers(
+    arch: str, by_layer: Mapping[int, Mapping[str, Tensor]], n_layer: int, trunk: int, heads_kv: tuple[int, ...]
+) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
     """Attention vs recurrent layers of a hybrid, as llama.cpp's layer filters decide them."""
-    attention = []
-    recurrent = []
+    attention: list[bool] = []
+    recurrent: list[bool] = []
     for il in range(n_layer):
         layer = by_layer.get(il, {})
         names = tuple(layer)

@@ -9,6 +9,10 @@ Memory per GPU that a new load may use (its *budget*) is what is free now, plus 
 own runner holds (a reload replaces it), plus idle Ollama models (Ollama evicts them; policy
 ``evict_idle``), minus loads admitted but not yet resident, minus the reserve. The load needs its
 llama.cpp buffers plus a CUDA context per GPU it runs on.
+
+A load that does not fit is refused 503 (retry) only if it would fit once the holders that can let
+go have: Ollama's models and admitted loads always, other programs only on NVML. On static GPUs
+what other programs hold is configured and never changes, so a load they alone keep out is 507.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from proxy.gate.residency import Resident, model_key
+from proxy.gate.residency import Resident, VramgateLoad, model_key
 from proxy.gpu.snapshot import Gpu, GpuSnapshot
 from proxy.ollama.versions import ServerSettings, default_num_batch, parallel_for
 
@@ -142,12 +146,14 @@ class Admit:
     unchanged: bool  # forward the client's body as it is
     reason: str  # admitted | rewritten | sticky | resident | partial_allowed | no_gpu_allowed
     num_ctx: int | None = None
-    requested_ctx: int | None = None
+    requested_ctx: int | None = None  # the context asked for, before the trained-context cap
     need: Need | None = None
     per_gpu: tuple[tuple[int, int], ...] = ()
     evicts: frozenset[str] = frozenset()
     budgets: tuple[GpuBudget, ...] = ()
     note: str | None = None
+    # each lowering from requested_ctx to num_ctx: (num_ctx, "trained context" | "GPU memory")
+    ctx_steps: tuple[tuple[int, str], ...] = ()
 
     @property
     def rewritten(self) -> bool:
@@ -158,7 +164,7 @@ class Admit:
 class Refuse:
     status: int  # 503 (wait) or 507 (never on these GPUs)
     retry_after: int | None
-    reason: str  # busy | no_room | too_big | no_gpu | gpu_unreadable
+    reason: str  # busy | no_room | too_big | held_by_others | no_gpu | gpu_unreadable
     model: str
     route: str
     requested_ctx: int | None = None
@@ -192,118 +198,236 @@ class Inputs:
     speed: Speed | None = None
 
 
-# --- the decision --------------------------------------------------------------------------
+# --- the decision: the rules, in the order they apply ---------------------------------------
 
 
 def decide(inp: Inputs) -> Decision:
-    req, model, policy = inp.request, inp.model, inp.policy
-    opts = req.options
-    if not inp.gpus.gpus:
-        if policy.on_no_gpu == "allow":
-            return Admit({}, True, "no_gpu_allowed", note=inp.gpus.problem)
-        unreadable = inp.gpus.transient  # a read that failed may work again; a missing GPU will not
-        return Refuse(
-            status=503 if unreadable else 507,
-            retry_after=30 if unreadable else None,
-            reason="gpu_unreadable" if unreadable else "no_gpu",
-            model=req.model,
-            route=req.route,
-            problem=inp.gpus.problem,
-        )
+    """Admit, shrink or refuse one load: the first rule that answers decides."""
+    if not inp.gpus.gpus:  # 1. no GPU: the policy decides
+        return _no_gpu(inp)
+    if (partial := _partial_offload_allowed(inp)) is not None:  # 2. spilling asked and allowed
+        return partial
+    load = _Load.of(inp)
+    if (reused := _reuse_resident(load)) is not None:  # 3. already loaded: sticky / resident
+        return reused
+    budgets = _budgets_for(load)
+    if (placed := load.place_at(load.ctx, budgets)) is not None:  # 4. fits as asked
+        return _admit_as_asked(load, placed, budgets)
+    fits_now = load.largest_fitting(budgets)
+    if fits_now is not None and load.may_shrink_to(fits_now):  # 5. fits with a smaller context
+        return _admit_smaller(load, fits_now, budgets)
+    return _refuse(load, budgets, fits_now)  # 6. refused: 503 if waiting helps, else 507
 
-    client_gpu = opts.get("num_gpu")
-    if isinstance(client_gpu, int) and 0 <= client_gpu < model.layers and policy.allow_partial_offload:
-        return Admit({}, True, "partial_allowed", note=f"num_gpu {client_gpu} of {model.layers} layers: spilling allowed by policy")
 
-    ctx, source = effective_ctx(inp)
-    parallel = parallel_for(model.architecture, model.is_embedding, inp.server.parallel)
-    key = model_key(req.model)
-    resident = next((r for r in inp.residents if r.name == key), None)
+@dataclass(frozen=True)
+class _Load:
+    """The load being judged: its inputs and what follows from them before any GPU is looked at."""
 
-    # Sticky options: a resident model is reused as loaded unless more context is asked for.
-    if resident is not None and resident.fully_on_gpu and not _changes_load_options(opts, resident):
-        asked = opts.get("num_ctx") if req.route == "native" else None
-        if resident.load is not None and req.route == "native":
-            if asked is None or asked <= resident.load.num_ctx:
-                return Admit(
-                    _forward_options(opts, resident.load.num_ctx, resident.load.num_gpu),
-                    False,
-                    "sticky",
-                    num_ctx=resident.load.num_ctx,
-                    requested_ctx=asked,
-                )
-        elif resident.load is None and resident.context_length == ctx and "num_gpu" not in opts:
-            if req.route == "openai" or "num_ctx" not in opts:
-                return Admit({}, True, "resident", num_ctx=ctx, requested_ctx=ctx)
-        elif resident.load is not None and req.route == "openai" and resident.load.num_ctx == ctx:
-            return Admit({}, True, "resident", num_ctx=ctx, requested_ctx=ctx)
+    inp: Inputs
+    key: str  # the model as Ollama names its runner
+    asked: int  # the context asked for, before the trained-context cap (see ``asked_ctx``)
+    ctx: int  # the context sized: ``asked`` capped to the trained context
+    source: str  # where ``ctx`` came from, for the explanation
+    parallel: int
 
-    def need_at(n_ctx: int) -> Need:
-        return need_for(inp, n_ctx, parallel)
+    @classmethod
+    def of(cls, inp: Inputs) -> _Load:
+        """The context asked and sized, and the slots, as Ollama will work them out."""
+        asked, asked_source = asked_ctx(inp)
+        ctx, source = effective_ctx(inp)
+        if asked_source == "server default":  # Ollama's own pick by GPU size, not an ask
+            asked = ctx
+        parallel = parallel_for(inp.model.architecture, inp.model.is_embedding, inp.server.parallel)
+        return cls(inp, model_key(inp.request.model), asked, ctx, source, parallel)
 
-    budgets = gpu_budgets(inp, key)
-    pinned = opts.get("main_gpu")  # >= 0.30: the model is pinned to that one GPU
+    @property
+    def native(self) -> bool:
+        """Only native requests carry options, so only they can be given a smaller context."""
+        return self.inp.request.route == "native"
+
+    @property
+    def floor(self) -> int:
+        """The smallest context vramgate shrinks to: min_num_ctx, or the context asked if smaller."""
+        return min(self.ctx, self.inp.policy.min_num_ctx)
+
+    def need_at(self, n_ctx: int) -> Need:
+        """What the load needs on one GPU at ``n_ctx``."""
+        return need_for(self.inp, n_ctx, self.parallel)
+
+    def place_at(self, n_ctx: int, budgets: tuple[GpuBudget, ...]) -> tuple[tuple[int, int], ...] | None:
+        """Where it would go at ``n_ctx`` (bytes per GPU), or None if it does not fit."""
+        return place(self.inp.sizer, self.need_at(n_ctx), budgets, self.inp.policy, self.inp.correction)
+
+    def largest_fitting(self, budgets: tuple[GpuBudget, ...]) -> int | None:
+        """The largest context up to ``ctx`` that fits these budgets (None if not even 256 tokens)."""
+        return largest_ctx(lambda n: self.place_at(n, budgets) is not None, self.ctx, 256)
+
+    def may_shrink_to(self, fits: int) -> bool:
+        """A native load is shrunk to what fits, but never below ``floor``."""
+        return self.native and fits >= self.floor
+
+    def steps_to(self, num_ctx: int) -> tuple[tuple[int, str], ...]:
+        """Each lowering from the asked context to ``num_ctx`` with its reason (header and log)."""
+        steps = []
+        if self.asked > self.ctx:
+            steps.append((self.ctx, "trained context"))
+        if num_ctx < self.ctx:
+            steps.append((num_ctx, "GPU memory"))
+        return tuple(steps)
+
+
+def _no_gpu(inp: Inputs) -> Decision:
+    """No GPU known: the policy lets loads through unchecked, or they are refused (503 if the read may work again)."""
+    if inp.policy.on_no_gpu == "allow":
+        return Admit({}, True, "no_gpu_allowed", note=inp.gpus.problem)
+    unreadable = inp.gpus.transient  # a read that failed may work again; a missing GPU will not
+    return Refuse(
+        status=503 if unreadable else 507,
+        retry_after=30 if unreadable else None,
+        reason="gpu_unreadable" if unreadable else "no_gpu",
+        model=inp.request.model,
+        route=inp.request.route,
+        problem=inp.gpus.problem,
+    )
+
+
+def _partial_offload_allowed(inp: Inputs) -> Admit | None:
+    """A client asking for fewer GPU layers passes unchanged where the policy allows spilling."""
+    client_gpu = inp.request.options.get("num_gpu")
+    layers = inp.model.layers
+    if isinstance(client_gpu, int) and 0 <= client_gpu < layers and inp.policy.allow_partial_offload:
+        return Admit({}, True, "partial_allowed", note=f"num_gpu {client_gpu} of {layers} layers: spilling allowed by policy")
+    return None
+
+
+def _reuse_resident(load: _Load) -> Admit | None:
+    """A model already fully on the GPU is reused as loaded, so mixed clients cause no reload storms."""
+    opts = load.inp.request.options
+    r = next((r for r in load.inp.residents if r.name == load.key), None)
+    if r is None or not r.fully_on_gpu or _changes_load_options(opts):
+        return None
+    if r.load is None:
+        return _loaded_elsewhere(load, r)
+    if load.native:
+        return _sticky(load, r.load)
+    if r.load.num_ctx == load.ctx:  # /v1 at the context vramgate loaded it with
+        return Admit({}, True, "resident", num_ctx=load.ctx, requested_ctx=load.ctx)
+    return None
+
+
+def _sticky(load: _Load, loaded: VramgateLoad) -> Admit | None:
+    """Native: the options vramgate loaded it with are forwarded again unless more context is asked."""
+    asked = load.inp.request.options.get("num_ctx")
+    if asked is not None and asked > loaded.num_ctx:
+        return None
+    options = _forward_options(load.inp.request.options, loaded.num_ctx, loaded.num_gpu)
+    return Admit(options, False, "sticky", num_ctx=loaded.num_ctx, requested_ctx=asked)
+
+
+def _loaded_elsewhere(load: _Load, r: Resident) -> Admit | None:
+    """Loaded by another client at this very context: pass unchanged unless load options are asked."""
+    opts = load.inp.request.options
+    if r.context_length != load.ctx or "num_gpu" in opts or (load.native and "num_ctx" in opts):
+        return None
+    return Admit({}, True, "resident", num_ctx=load.ctx, requested_ctx=load.ctx)
+
+
+def _budgets_for(load: _Load) -> tuple[GpuBudget, ...]:
+    """Every GPU's budget, or only the GPU ``main_gpu`` pins the model to (Ollama >= 0.30)."""
+    budgets = gpu_budgets(load.inp, load.key)
+    pinned = load.inp.request.options.get("main_gpu")
     if isinstance(pinned, int) and not isinstance(pinned, bool) and any(b.index == pinned for b in budgets):
-        budgets = tuple(b for b in budgets if b.index == pinned)
+        return tuple(b for b in budgets if b.index == pinned)
+    return budgets
 
-    def place_at(n_ctx: int, bud: tuple[GpuBudget, ...]) -> tuple[tuple[int, int], ...] | None:
-        return place(inp.sizer, need_at(n_ctx), bud, policy, inp.correction)
 
-    placed = place_at(ctx, budgets)
-    need = need_at(ctx)
-    if placed is not None:
-        evicts = evictions(placed, budgets)
-        if req.route == "openai":  # nothing can be carried: forward as it is
-            return Admit({}, True, "admitted", ctx, ctx, need, placed, evicts, budgets)
-        return Admit(_forward_options(opts, ctx, model.layers), False, "admitted", ctx, ctx, need, placed, evicts, budgets)
+def _admit_as_asked(load: _Load, placed: tuple[tuple[int, int], ...], budgets: tuple[GpuBudget, ...]) -> Admit:
+    """It fits as asked: forward all layers and the context explicitly (/v1: the body as it is)."""
+    fields: dict[str, Any] = dict(num_ctx=load.ctx, requested_ctx=load.asked, need=load.need_at(load.ctx),
+                                  per_gpu=placed, evicts=evictions(placed, budgets), budgets=budgets)
+    if not load.native:  # nothing can be carried: forward as it is
+        return Admit({}, True, "admitted", **fields)
+    options = _forward_options(load.inp.request.options, load.ctx, load.inp.model.layers)
+    return Admit(options, False, "admitted", ctx_steps=load.steps_to(load.ctx), **fields)
 
-    floor = min(ctx, policy.min_num_ctx)
-    fits_now = largest_ctx(lambda n: place_at(n, budgets) is not None, ctx, 256)
-    if req.route == "native" and fits_now is not None and fits_now >= floor:
-        need_small = need_at(fits_now)
-        placed_small = place_at(fits_now, budgets) or ()
-        return Admit(
-            _forward_options(opts, fits_now, model.layers), False, "rewritten", fits_now, ctx, need_small,
-            placed_small, evictions(placed_small, budgets), budgets,
-        )
 
-    # Refuse: would it fit once every other holder lets go (503), or never on these GPUs (507)?
-    empty = tuple(e for e in empty_budgets(inp) if e.index in {b.index for b in budgets})
-    fits_free = largest_ctx(lambda n: place_at(n, empty) is not None, ctx, 256)
-    enough = ctx if req.route == "openai" else floor  # /v1 cannot be given a smaller context
-    if fits_free is not None and fits_free >= enough:
-        status, retry = 503, _retry_after(inp, key)
-        reason = "busy" if retry <= 10 else "no_room"
-    else:
-        status, retry, reason = 507, None, "too_big"
-    best = max(budgets, key=lambda b: b.budget)
-    # what Ollama itself would see: free memory and idle models, not vramgate's reservations
-    ollama_room = max(0, best.free + best.reclaimable - policy.reserve)
-    spill = spill_layers(need, ollama_room, model.layers, inp.sizer, ctx)
-    tps_gpu = tps_spill = None
-    if inp.speed is not None:
-        fp = inp.sizer(ctx, parallel, need.num_batch)
-        tps_gpu = inp.speed(fp, best.bandwidth, 0)
-        tps_spill = inp.speed(fp, best.bandwidth, spill)
+def _admit_smaller(load: _Load, fits: int, budgets: tuple[GpuBudget, ...]) -> Admit:
+    """It fits with a smaller context (not below ``floor``): forward that context instead."""
+    placed = load.place_at(fits, budgets) or ()
+    return Admit(
+        _forward_options(load.inp.request.options, fits, load.inp.model.layers), False, "rewritten",
+        num_ctx=fits, requested_ctx=load.asked, need=load.need_at(fits), per_gpu=placed,
+        evicts=evictions(placed, budgets), budgets=budgets, ctx_steps=load.steps_to(fits),
+    )
+
+
+def _refuse(load: _Load, budgets: tuple[GpuBudget, ...], fits_now: int | None) -> Refuse:
+    """Nothing fits now: refuse with the numbers, 503 when waiting can help and 507 when it cannot."""
+    inp = load.inp
+    fits_free = load.largest_fitting(_same_gpus(empty_budgets(inp), budgets))
+    status, retry, reason = _refusal_status(load, budgets, fits_free)
+    need = load.need_at(load.ctx)
+    spill, tps_gpu, tps_spill = _if_spilled(load, need, budgets)
     return Refuse(
         status=status,
         retry_after=retry,
         reason=reason,
-        model=req.model,
-        route=req.route,
-        requested_ctx=ctx,
-        ctx_source=source,
+        model=inp.request.model,
+        route=inp.request.route,
+        requested_ctx=load.ctx,
+        ctx_source=load.source,
         need=need,
         budgets=budgets,
-        holders=holders(inp, key),
+        holders=holders(inp),
         fits_ctx_now=fits_now,
         fits_ctx_when_free=fits_free,
         tps_gpu=tps_gpu,
         tps_spill=tps_spill,
         spill_layers=spill,
         problem=inp.gpus.problem,
-        min_num_ctx=policy.min_num_ctx,
+        min_num_ctx=inp.policy.min_num_ctx,
     )
+
+
+def _refusal_status(load: _Load, budgets: tuple[GpuBudget, ...], fits_free: int | None) -> tuple[int, int | None, str]:
+    """(status, Retry-After, reason): 503 only if holders that can let go would leave enough room.
+
+    Enough is the context asked on /v1 (it cannot be given less) and ``floor`` on native routes.
+    - it does not fit even on empty GPUs: 507 ``too_big``;
+    - static GPUs (VRAMGATE_GPU=static): what programs other than Ollama hold is configured and
+      never changes, so only Ollama's models and admitted loads can let go; if it does not fit
+      once they all have: 507 ``held_by_others``;
+    - otherwise 503: ``busy`` (Retry-After 10) when a busy Ollama model or a load in flight is
+      in the way, else ``no_room`` (60: idle models past their keep-alive, other programs on NVML).
+    """
+    enough = load.floor if load.native else load.ctx
+    if fits_free is None or fits_free < enough:
+        return 507, None, "too_big"
+    if load.inp.gpus.source == "static":
+        fits_without_ollama = load.largest_fitting(_same_gpus(static_budgets_without_ollama(load.inp), budgets))
+        if fits_without_ollama is None or fits_without_ollama < enough:
+            return 507, None, "held_by_others"
+    retry = _retry_after(load.inp, load.key)
+    return 503, retry, "busy" if retry <= 10 else "no_room"
+
+
+def _if_spilled(load: _Load, need: Need, budgets: tuple[GpuBudget, ...]) -> tuple[int, float | None, float | None]:
+    """What letting Ollama spill would cost: layers in system RAM, tokens/s fully on the GPU and spilled."""
+    inp = load.inp
+    best = max(budgets, key=lambda b: b.budget)
+    # what Ollama itself would see: free memory and idle models, not vramgate's reservations
+    ollama_room = max(0, best.free + best.reclaimable - inp.policy.reserve)
+    spill = spill_layers(need, ollama_room, inp.model.layers, inp.sizer)
+    if inp.speed is None:
+        return spill, None, None
+    fp = inp.sizer(load.ctx, load.parallel, need.num_batch)
+    return spill, inp.speed(fp, best.bandwidth, 0), inp.speed(fp, best.bandwidth, spill)
+
+
+def _same_gpus(candidates: tuple[GpuBudget, ...], budgets: tuple[GpuBudget, ...]) -> tuple[GpuBudget, ...]:
+    """The candidates on the GPUs the load may use (all, or the one main_gpu pins it to)."""
+    indices = {b.index for b in budgets}
+    return tuple(c for c in candidates if c.index in indices)
 
 
 # --- the parts, each testable alone --------------------------------------------------------
@@ -332,8 +456,8 @@ def need_for(inp: Inputs, n_ctx: int, parallel: int) -> Need:
                 policy.cuda_context, total, fp.gpu_total_bytes + inp.correction, inp.correction)
 
 
-def effective_ctx(inp: Inputs) -> tuple[int, str]:
-    """Request num_ctx, else Modelfile num_ctx, else the server default; capped to the trained context."""
+def asked_ctx(inp: Inputs) -> tuple[int, str]:
+    """The context asked for, with its source: request num_ctx, else Modelfile num_ctx, else the server default."""
     req, model = inp.request, inp.model
     asked = req.options.get("num_ctx") if req.route == "native" else None
     if isinstance(asked, int) and asked > 0:
@@ -343,9 +467,15 @@ def effective_ctx(inp: Inputs) -> tuple[int, str]:
     else:
         ctx = inp.server.default_num_ctx([g.total for g in inp.gpus.gpus])
         source = "OLLAMA_CONTEXT_LENGTH" if inp.server.context_length else "server default"
-    ctx = max(ctx, 4)
-    if model.trained_ctx and ctx > model.trained_ctx:
-        return model.trained_ctx, f"{source}, capped to the trained context"
+    return max(ctx, 4), source
+
+
+def effective_ctx(inp: Inputs) -> tuple[int, str]:
+    """The context asked for, capped to the trained context (as Ollama caps it): the one sized."""
+    ctx, source = asked_ctx(inp)
+    trained = inp.model.trained_ctx
+    if trained and ctx > trained:
+        return trained, f"{source}, capped to the trained context"
     return ctx, source
 
 
@@ -357,30 +487,36 @@ def gpu_budgets(inp: Inputs, key: str) -> tuple[GpuBudget, ...]:
     residents not already counted on by an admitted load; own runner first, then the ones whose
     keep-alive ends soonest (Ollama's eviction order).
     """
-    policy, snap = inp.policy, inp.gpus
     claimed = frozenset().union(*(r.evicts for r in inp.reservations)) if inp.reservations else frozenset()
-    order = sorted(inp.residents, key=lambda r: (r.name != key, r.expires_at or ""))
-    out = []
-    for gpu in snap.gpus:
-        held = 0  # what Ollama holds here that the snapshot's free does not already exclude
-        reclaim_from = []
-        for r in order:
-            charge = resident_charge(r, gpu, snap, policy)
-            if not snap.includes_ollama:
-                held += charge
-            if charge and r.name not in claimed and (r.name == key or (policy.evict_idle and not r.busy)):
-                reclaim_from.append((r.name, charge))
-        reclaim = sum(b for _, b in reclaim_from)
-        # loads admitted, not yet resident; not this model's own: Ollama runs one runner per model,
-        # so a second load of it shares (same options) or replaces (others) the first
-        pending = sum(b for res in inp.reservations if res.model != key for i, b in res.per_gpu if i == gpu.index)
-        free = gpu.free - held  # may be negative when static numbers disagree with /api/ps: keep it
-        budget = free + reclaim - pending - policy.reserve
-        ollama = sum(resident_charge(r, gpu, snap, policy) for r in inp.residents)
-        others = gpu.total - gpu.free - (ollama if snap.includes_ollama else 0)
-        out.append(GpuBudget(gpu.index, gpu.name, gpu.total, max(0, free), reclaim, pending, budget, gpu.bandwidth,
-                             tuple(reclaim_from), max(0, others)))
-    return tuple(out)
+    order = tuple(sorted(inp.residents, key=lambda r: (r.name != key, r.expires_at or "")))
+    return tuple(_gpu_budget(inp, gpu, key, order, claimed) for gpu in inp.gpus.gpus)
+
+
+def _gpu_budget(inp: Inputs, gpu: Gpu, key: str, order: tuple[Resident, ...], claimed: frozenset[str]) -> GpuBudget:
+    """One GPU: free + reclaimable - pending - reserve, and what programs other than Ollama hold."""
+    policy, snap = inp.policy, inp.gpus
+    charges = [(r, resident_charge(r, gpu, snap, policy)) for r in order]
+    ollama = sum(c for _, c in charges)
+    held = 0 if snap.includes_ollama else ollama  # what Ollama holds that free does not already exclude
+    reclaim_from = tuple((r.name, c) for r, c in charges if c and _reclaimable(r, key, claimed, policy))
+    reclaim = sum(b for _, b in reclaim_from)
+    pending = _pending_on(inp, gpu.index, key)
+    free = gpu.free - held  # may be negative when static numbers disagree with /api/ps: keep it
+    budget = free + reclaim - pending - policy.reserve
+    others = gpu.total - gpu.free - (ollama if snap.includes_ollama else 0)
+    return GpuBudget(gpu.index, gpu.name, gpu.total, max(0, free), reclaim, pending, budget, gpu.bandwidth,
+                     reclaim_from, max(0, others))
+
+
+def _reclaimable(r: Resident, key: str, claimed: frozenset[str], policy: Policy) -> bool:
+    """This model's own runner, or an idle one Ollama would evict, unless an admitted load counts on it."""
+    return r.name not in claimed and (r.name == key or (policy.evict_idle and not r.busy))
+
+
+def _pending_on(inp: Inputs, index: int, key: str) -> int:
+    """Loads admitted, not yet resident, on GPU ``index``; not this model's own: Ollama runs one runner
+    per model, so a second load of it shares (same options) or replaces (others) the first."""
+    return sum(b for res in inp.reservations if res.model != key for i, b in res.per_gpu if i == index)
 
 
 def evictions(placed: tuple[tuple[int, int], ...], budgets: tuple[GpuBudget, ...]) -> frozenset[str]:
@@ -399,10 +535,22 @@ def evictions(placed: tuple[tuple[int, int], ...], budgets: tuple[GpuBudget, ...
 
 
 def empty_budgets(inp: Inputs) -> tuple[GpuBudget, ...]:
-    """The budgets if nothing else held these GPUs: the test between 503 and 507."""
+    """The budgets if nothing else held these GPUs: a load that does not fit them is refused 507."""
     p = inp.policy
     return tuple(
         GpuBudget(g.index, g.name, g.total, g.total, 0, 0, g.total - p.reserve, g.bandwidth) for g in inp.gpus.gpus
+    )
+
+
+def static_budgets_without_ollama(inp: Inputs) -> tuple[GpuBudget, ...]:
+    """Static GPUs once Ollama's models and admitted loads let go: the configured free, less the reserve.
+
+    What programs other than Ollama hold (total - free in VRAMGATE_STATIC_GPUS) never changes.
+    """
+    p = inp.policy
+    return tuple(
+        GpuBudget(g.index, g.name, g.total, g.free, 0, 0, g.free - p.reserve, g.bandwidth, (), g.total - g.free)
+        for g in inp.gpus.gpus
     )
 
 
@@ -488,7 +636,7 @@ def largest_ctx(fits: Callable[[int], bool], upper: int, step: int) -> int | Non
     return lo * step
 
 
-def spill_layers(need: Need, budget: int, layers: int, sizer: Sizer, ctx: int) -> int:
+def spill_layers(need: Need, budget: int, layers: int, sizer: Sizer) -> int:
     """How many layers would land in system RAM if Ollama were left to spill."""
     over = need.total - budget
     if over <= 0:
@@ -497,7 +645,7 @@ def spill_layers(need: Need, budget: int, layers: int, sizer: Sizer, ctx: int) -
     return min(layers, math.ceil(over / max(1, largest_layer(fp))))
 
 
-def holders(inp: Inputs, key: str) -> tuple[Holder, ...]:
+def holders(inp: Inputs) -> tuple[Holder, ...]:
     """Who holds the memory: Ollama models by name, pending loads, other processes by user/pid."""
     out: list[Holder] = []
     for gpu in inp.gpus.gpus:
@@ -521,12 +669,13 @@ def _retry_after(inp: Inputs, key: str) -> int:
     return 10 if others_busy else 60
 
 
-def _changes_load_options(opts: Mapping[str, Any], r: Resident) -> bool:
+def _changes_load_options(opts: Mapping[str, Any]) -> bool:
     """Client options besides num_ctx/num_gpu that make Ollama reload: then the load is planned anew."""
     return any(k in opts for k in ("num_batch", "main_gpu", "use_mmap", "num_thread"))
 
 
 def _forward_options(opts: Mapping[str, Any], num_ctx: int, num_gpu: int) -> dict[str, Any]:
+    """The client's options with explicit num_ctx and num_gpu, so Ollama cannot pick others."""
     out = dict(opts)
     out["num_ctx"] = num_ctx
     out["num_gpu"] = num_gpu

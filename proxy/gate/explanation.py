@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from proxy.config.units import format_bandwidth, format_bytes
-from proxy.gate.decision import Admit, GpuBudget, Holder, PullRefuse, Refuse
+from proxy.gate.decision import Admit, GpuBudget, Holder, Need, PullRefuse, Refuse
 
 
 def _gib(n: int) -> str:
@@ -20,34 +20,49 @@ def _gib(n: int) -> str:
 
 
 def refusal_text(r: Refuse) -> str:
+    """One paragraph: what the model needs, what is free, who holds the rest, the cost of spilling, what to do."""
     if r.need is None:
         return _no_gpu_text(r)
-    need = r.need
-    parts = [
+    return "".join([
+        _needs_text(r, r.need),
+        " but " + "; ".join(_gpu_text(b) for b in r.budgets) + ".",
+        _held_text(r),
+        _spill_text(r),
+        " " + _advice(r),
+        f" Note: {r.problem}." if r.problem else "",
+    ])
+
+
+def _needs_text(r: Refuse, need: Need) -> str:
+    """What the load needs at its context, part by part, so the numbers can be checked."""
+    slots = f"{need.parallel} slot{'s' if need.parallel != 1 else ''}"
+    correction = f" and {_gib(need.correction)} its last load took beyond the estimate" if need.correction else ""
+    return (
         f"vramgate refused to load {r.model}: it needs {_gib(need.total)} of GPU memory at num_ctx {need.num_ctx}"
         f" ({r.ctx_source}; weights {_gib(need.weights)}, KV cache {_gib(need.kv)} for {need.num_ctx} tokens"
-        f" x {need.parallel} slot{'s' if need.parallel != 1 else ''}, compute {_gib(need.compute)},"
-        f" other {_gib(need.other + need.cuda_context)} incl. the CUDA context"
-        + (f" and {_gib(need.correction)} its last load took beyond the estimate" if need.correction else "")
-        + ")"
-    ]
-    parts.append(" but " + "; ".join(_gpu_text(b) for b in r.budgets) + ".")
+        f" x {slots}, compute {_gib(need.compute)}, other {_gib(need.other + need.cuda_context)} incl. the CUDA"
+        f" context{correction})"
+    )
+
+
+def _held_text(r: Refuse) -> str:
+    """Who holds the memory, including what programs other than Ollama hold without being listed."""
     held = _holders_text(r.holders)
     listed = {h.gpu for h in r.holders if h.kind == "process"}
     unlisted = [f"{_gib(b.others)} on GPU {b.index}" for b in r.budgets if b.others >= 256 * 1024**2 and b.index not in listed]
     if unlisted:
         held = "; ".join(filter(None, [held, "programs other than Ollama " + ", ".join(unlisted)]))
-    if held:
-        parts.append(f" Held by: {held}.")
-    if r.spill_layers and r.tps_gpu and r.tps_spill:
-        parts.append(
-            f" Left to Ollama it would spill {r.spill_layers} layer{'s' if r.spill_layers != 1 else ''} to system RAM and run at about"
-            f" {r.tps_spill:.1f} tokens/s instead of {r.tps_gpu:.0f} tokens/s fully on the GPU."
-        )
-    parts.append(" " + _advice(r))
-    if r.problem:
-        parts.append(f" Note: {r.problem}.")
-    return "".join(parts)
+    return f" Held by: {held}." if held else ""
+
+
+def _spill_text(r: Refuse) -> str:
+    """Why not let Ollama spill: how many layers would go to system RAM and how slow that would be."""
+    if not (r.spill_layers and r.tps_gpu and r.tps_spill):
+        return ""
+    return (
+        f" Left to Ollama it would spill {r.spill_layers} layer{'s' if r.spill_layers != 1 else ''} to system RAM and"
+        f" run at about {r.tps_spill:.1f} tokens/s instead of {r.tps_gpu:.0f} tokens/s fully on the GPU."
+    )
 
 
 def _no_gpu_text(r: Refuse) -> str:
@@ -94,30 +109,70 @@ def _holders_text(hs: tuple[Holder, ...]) -> str:
 
 
 def _advice(r: Refuse) -> str:
-    openai = r.route == "openai"
-    how = (
-        "with PARAMETER num_ctx in the model's Modelfile, OLLAMA_CONTEXT_LENGTH on the server, or options.num_ctx"
-        " through /api/chat or /api/generate"
-        if openai
-        else "with options.num_ctx"
-    )
+    """What the client can do, by why it was refused."""
+    if r.reason == "held_by_others":
+        return _advice_held_by_others(r)
     if r.status == 507:
-        if r.fits_ctx_when_free and openai:
-            return (
-                f"It cannot fit these GPUs at num_ctx {r.requested_ctx} even when they are empty; it would at num_ctx"
-                f" {r.fits_ctx_when_free} or less: ask for a smaller context {how}."
-            )
-        floor = min(r.requested_ctx or r.min_num_ctx, r.min_num_ctx)
+        return _advice_too_big(r)
+    return _advice_wait(r)
+
+
+def _advice_too_big(r: Refuse) -> str:
+    """507 too_big: even empty GPUs are too small; on /v1 a smaller context may still fit."""
+    if r.fits_ctx_when_free and r.route == "openai":
         return (
-            f"It cannot fit these GPUs even when they are empty, not even at num_ctx {floor}:"
-            " use a smaller quantization or a model with fewer parameters, or add GPU memory."
+            f"It cannot fit these GPUs at num_ctx {r.requested_ctx} even when they are empty; it would at num_ctx"
+            f" {r.fits_ctx_when_free} or less: ask for a smaller context {_how_to_ask(r)}."
         )
+    floor = min(r.requested_ctx or r.min_num_ctx, r.min_num_ctx)
+    return (
+        f"It cannot fit these GPUs even when they are empty, not even at num_ctx {floor}:"
+        " use a smaller quantization or a model with fewer parameters, or add GPU memory."
+    )
+
+
+def _advice_held_by_others(r: Refuse) -> str:
+    """507 held_by_others: static GPUs whose other programs never let go, so waiting cannot help."""
+    others = ", ".join(f"{_gib(b.others)} on GPU {b.index}" for b in r.budgets if b.others)
+    options = []
+    if _fits_now(r):
+        options.append(f"ask for num_ctx {r.fits_ctx_now} or less {_how_to_ask(r)}, which fits now{_below_min(r)}")
+    options.append("use a smaller quantization or a model with fewer parameters")
+    options.append("free their memory and raise free in VRAMGATE_STATIC_GPUS to match")
+    return (
+        f"It does not fit next to what programs other than Ollama hold ({others}), and with VRAMGATE_GPU=static"
+        f" that memory is taken for good, so waiting will not help: {'; or '.join(options)}."
+    )
+
+
+def _advice_wait(r: Refuse) -> str:
+    """503: it fits once holders that can let go have; a smaller context may fit now."""
     text = f"It would fit once other holders let go of memory: retry in {r.retry_after} s"
-    if r.fits_ctx_now and r.fits_ctx_now >= 256:
-        text += f", or ask for num_ctx {r.fits_ctx_now} or less {how}, which fits now"
-        if not openai and r.fits_ctx_now < r.min_num_ctx:
-            text += f" (below min_num_ctx {r.min_num_ctx}, so vramgate did not shrink it itself)"
+    if _fits_now(r):
+        text += f", or ask for num_ctx {r.fits_ctx_now} or less {_how_to_ask(r)}, which fits now{_below_min(r)}"
     return text + "."
+
+
+def _fits_now(r: Refuse) -> bool:
+    """A smaller context that fits now is worth suggesting (below 256 tokens it is not)."""
+    return bool(r.fits_ctx_now and r.fits_ctx_now >= 256)
+
+
+def _below_min(r: Refuse) -> str:
+    """Why vramgate did not shrink a native load to that context itself."""
+    if r.route != "openai" and r.fits_ctx_now is not None and r.fits_ctx_now < r.min_num_ctx:
+        return f" (below min_num_ctx {r.min_num_ctx}, so vramgate did not shrink it itself)"
+    return ""
+
+
+def _how_to_ask(r: Refuse) -> str:
+    """Where a context is set: /v1 carries no options, so the Modelfile, the server or the native API."""
+    if r.route == "openai":
+        return (
+            "with PARAMETER num_ctx in the model's Modelfile, OLLAMA_CONTEXT_LENGTH on the server, or options.num_ctx"
+            " through /api/chat or /api/generate"
+        )
+    return "with options.num_ctx"
 
 
 def refusal_numbers(r: Refuse) -> dict[str, Any]:
@@ -180,7 +235,7 @@ def refusal_body(r: Refuse) -> bytes:
     text = refusal_text(r)
     numbers = refusal_numbers(r)
     if r.route == "openai":
-        code = "model_too_large" if r.status == 507 else "insufficient_gpu_memory"
+        code = "model_too_large" if r.status == 507 and r.reason != "held_by_others" else "insufficient_gpu_memory"
         body: dict[str, Any] = {
             "error": {"message": text, "type": "api_error", "param": None, "code": code},
             "vramgate": numbers,
@@ -202,9 +257,19 @@ def refusal_headers(r: Refuse) -> dict[str, str]:
 
 def admit_headers(a: Admit) -> dict[str, str]:
     headers = {"X-Vramgate-Decision": decision_header(a)}
-    if a.rewritten:
-        headers["X-Vramgate-Num-Ctx"] = f"{a.requested_ctx} -> {a.num_ctx}"
+    if a.ctx_steps:
+        headers["X-Vramgate-Num-Ctx"] = num_ctx_path(a)
     return headers
+
+
+def num_ctx_path(a: Admit) -> str:
+    """``1000000 -> 131072 (trained context) -> 128000 (GPU memory)``: the ask, then each lowering and why."""
+    return " -> ".join([str(a.requested_ctx)] + [f"{n} ({why})" for n, why in a.ctx_steps])
+
+
+def num_ctx_steps(a: Admit) -> list[dict[str, Any]]:
+    """The same lowerings for the log: ``[{"num_ctx": 131072, "reason": "trained context"}, ...]``."""
+    return [{"num_ctx": n, "reason": why} for n, why in a.ctx_steps]
 
 
 def decision_header(a: Admit) -> str:

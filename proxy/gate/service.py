@@ -44,6 +44,7 @@ from proxy.gate.decision import (
 )
 from proxy.gate.explanation import (
     admit_headers,
+    num_ctx_steps,
     refusal_body,
     refusal_headers,
     refusal_text,
@@ -251,8 +252,9 @@ class Gate:
         if decision.need is not None:
             fields.update(need_bytes=decision.need.total, per_gpu=[list(p) for p in decision.per_gpu],
                           budget_bytes=[b.budget for b in decision.budgets])
-        if decision.rewritten:
-            fields.update(num_ctx_from=decision.requested_ctx, num_ctx_to=decision.num_ctx)
+        if decision.ctx_steps:
+            fields.update(num_ctx_from=decision.requested_ctx, num_ctx_to=decision.num_ctx,
+                          num_ctx_steps=num_ctx_steps(decision))
         if decision.note:
             fields["note"] = decision.note
         self.audit.event(event, **fields)
