@@ -3,11 +3,17 @@
 ``emulator`` is the state object (add models, inject faults, read what it received);
 ``emulator_url`` / ``proxy_url`` are the two base URLs. ``start_proxy`` starts another proxy
 with chosen settings or admission (the fit gate's tests use it).
+
+The oracle's build and model-generation progress (tests/oracle/build.py) is written to the
+terminal past pytest's output capture, so a first run's minutes-long llama.cpp build is visible.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -17,8 +23,46 @@ from proxy.config.settings import Settings, load_settings
 from proxy.edge.server import AdmissionFactory, RunningProxy, start_server
 from proxy.gate.admission import Admission
 from tests.emulator import Emulator, Running, serve
+from tests.oracle.build import set_progress_writer
 
 StartProxy = Callable[..., Awaitable[str]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    set_progress_writer(_terminal_writer(config))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    set_progress_writer(None)
+
+
+def _terminal_writer(config: pytest.Config) -> Callable[[str], None]:
+    """Write a line to the terminal now, even from inside a captured fixture or collection.
+
+    In an xdist worker stdout is not the terminal (the controller reports), stderr still is; a
+    worker's first line after a pause starts on a new line (the controller may be mid-line).
+    """
+    in_worker = hasattr(config, "workerinput")
+    last = [-1e9]
+
+    def write(line: str) -> None:
+        now = time.monotonic()
+        if in_worker and now - last[0] > 2:
+            line = "\n" + line
+        last[0] = now
+        capman = config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman is not None else nullcontext():
+            reporter = None if in_worker else config.pluginmanager.getplugin("terminalreporter")
+            if reporter is not None:
+                if reporter._tw.width_of_current_line:  # mid-line (-q progress dots): start a new one
+                    reporter.write("\n")
+                reporter.write_line(line)
+                reporter.flush()
+            else:
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+
+    return write
 
 
 @pytest.fixture(autouse=True, scope="session")

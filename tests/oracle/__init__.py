@@ -2,7 +2,8 @@
 
 - build.py:    builds the llama.cpp vendored in the llama-cpp-python 0.3.36 sdist (PyPI) into
                $VRAMGATE_CACHE (default ~/.cache/vramgate) when missing, plus probe.cpp linked against it.
-               `uv run python -m tests.oracle.build` builds ahead of time (about 4-6 min on 2 cores).
+               `uv run python -m tests.oracle.build` builds ahead of time (about 6 min on 2 cores),
+               printing a line per step.
 - probe.cpp:   loads a model with no_alloc (no weight read, nothing allocated) using llama-server's
                own argument parser and output limits, prints llama_get_memory_breakdown() in bytes.
 - measure.py:  measure(path, num_ctx, parallel, type_k, type_v, flash_attention, n_batch, n_ubatch)

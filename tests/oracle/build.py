@@ -5,7 +5,13 @@ module fetches the llama-cpp-python sdist from PyPI (it vendors the whole llama.
 the CPU tools with Debian's cmake/ninja/g++, and links tests/oracle/probe.cpp against the static
 libraries. Everything lands under $VRAMGATE_CACHE (default ~/.cache/vramgate). Each step is skipped
 when its result exists; builds happen in a temporary directory that is renamed into place only
-when complete, so an interrupted build is never mistaken for a finished one.
+when complete, so an interrupted build is never mistaken for a finished one. A finished tree is
+pruned to what the tests and a probe rebuild need (llama-fit-params, build.ninja, the static
+libraries, the headers on the probe's include path), and the downloaded sdist is dropped.
+
+Progress (a line per step with the elapsed time, every 10% of the compile) goes through
+``set_progress_writer`` (tests/conftest.py routes it past pytest's output capture) or to stderr.
+The build's own output goes to $VRAMGATE_CACHE/oracle-build.log; a failure quotes its tail.
 
 Run as a script to build ahead of the tests: `uv run python -m tests.oracle.build` or
 `uv run python tests/oracle/build.py`.
@@ -16,13 +22,16 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +39,7 @@ from pathlib import Path
 SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
 SDIST_DIR = f"llama_cpp_python-{SDIST_VERSION}"
+SDIST_DIR_TO_LLAMA = Path("vendor") / "llama.cpp"
 PROBE_SOURCE = Path(__file__).with_name("probe.cpp")
 CMAKE_FLAGS = [
     "-G", "Ninja",
@@ -42,6 +52,10 @@ CMAKE_FLAGS = [
     "-DGGML_NATIVE=OFF",
 ]
 DEBIAN_TOOLS = {"cmake": "cmake", "ninja": "ninja-build", "g++": "g++"}
+#: Source directories (under vendor/llama.cpp) whose headers the probe compiles against: its -I
+#: directories, and src/ (probe.cpp includes "../src/llama-ext.h" through common/).
+PROBE_HEADER_DIRS = ("include", "common", "src", "ggml/include", "vendor")
+PRUNED_MARKER = ".vramgate-pruned"  # in BUILD/: the tree holds only what is listed above
 
 
 @dataclass(frozen=True)
@@ -66,21 +80,106 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VRAMGATE_CACHE") or Path.home() / ".cache" / "vramgate")
 
 
-def _log(msg: str) -> None:
-    print(f"[oracle-build] {msg}", file=sys.stderr, flush=True)
+_progress_writer: Callable[[str], None] | None = None
+_started: float | None = None  # when this process logged its first progress line
+_announced_waits: set[Path] = set()
 
 
-def _run(cmd: list[str], cwd: Path | None = None) -> None:
-    _log("$ " + shlex.join(cmd))
-    subprocess.run(cmd, cwd=cwd, check=True)
+def set_progress_writer(writer: Callable[[str], None] | None) -> None:
+    """Where progress lines go (default: stderr); pytest's conftest sends them to the terminal."""
+    global _progress_writer
+    _progress_writer = writer
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def log(msg: str) -> None:
+    """One progress line, stamped with the time since this process started building."""
+    global _started
+    if _started is None:
+        _started = time.monotonic()
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    line = f"[oracle-build{' ' + worker if worker else ''} {_clock(time.monotonic() - _started)}] {msg}"
+    if _progress_writer is not None:
+        _progress_writer(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _run(cmd: list[str], cwd: Path | None = None, on_line: Callable[[str], None] | None = None) -> None:
+    """Run a build command, its output appended to the build log (quoted when it fails)."""
+    log_path = cache_dir() / "oracle-build.log"
+    tail: deque[str] = deque(maxlen=40)
+    with open(log_path, "a") as log_file:
+        log_file.write(f"\n$ {shlex.join(cmd)}\n")
+        log_file.flush()
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace",
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log_file.write(line)
+            tail.append(line.rstrip("\n"))
+            if on_line is not None:
+                on_line(line)
+        rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(
+            f"oracle build step failed (exit {rc}): {shlex.join(cmd)}\n"
+            f"last lines (whole log: {log_path}):\n" + "\n".join(tail)
+        )
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise builds between concurrent pytest sessions."""
+def _step(what: str) -> Iterator[None]:
+    log(what)
+    began = time.monotonic()
+    yield
+    log(f"{what}: done in {time.monotonic() - began:.0f} s")
+
+
+def _compile_progress(every: int = 10) -> Callable[[str], None]:
+    """An on_line callback logging each `every`% of ninja's "[done/total]" lines."""
+    ninja_line = re.compile(r"^\[(\d+)/(\d+)\]")
+    state = {"next": every}
+
+    def on_line(line: str) -> None:
+        m = ninja_line.match(line)
+        if not m:
+            return
+        done, total = int(m[1]), int(m[2])
+        percent = 100 * done // total
+        if percent >= state["next"]:
+            log(f"compiling llama.cpp: {percent}% ({done}/{total} steps)")
+            state["next"] = (percent // every + 1) * every
+
+    return on_line
+
+
+@contextmanager
+def file_lock(path: Path, waiting: str) -> Iterator[None]:
+    """An exclusive flock on `path`, shared by concurrent pytest sessions and xdist workers.
+
+    When another process holds it, says so (`waiting`; once per process and lock), then blocks
+    until it is free.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            announce = path not in _announced_waits
+            _announced_waits.add(path)
+            if announce:
+                log(waiting)
+            began = time.monotonic()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            if announce:
+                log(f"the other process is done; waited {time.monotonic() - began:.0f} s")
         try:
             yield
         finally:
@@ -93,8 +192,9 @@ def _ensure_debian_tools() -> None:
         return
     if os.geteuid() != 0:
         raise RuntimeError(f"missing build tools {missing}; install them with apt-get (needs root)")
-    _run(["apt-get", "update"])
-    _run(["apt-get", "install", "-y", "--no-install-recommends", *missing])
+    with _step(f"installing {' '.join(missing)} with apt-get"):
+        _run(["apt-get", "update"])
+        _run(["apt-get", "install", "-y", "--no-install-recommends", *missing])
 
 
 def _pip_download_cmd(dest: Path) -> list[str]:
@@ -115,7 +215,8 @@ def _ensure_sdist(cache: Path) -> Path:
         return found[0]
     tmp = Path(tempfile.mkdtemp(prefix=".sdist-", dir=cache))
     try:
-        _run(_pip_download_cmd(tmp))
+        with _step(f"downloading the {SDIST_NAME} {SDIST_VERSION} sdist from PyPI (about 75 MB; it vendors llama.cpp)"):
+            _run(_pip_download_cmd(tmp))
         tarballs = list(tmp.glob("*.tar.gz"))
         if len(tarballs) != 1:
             raise RuntimeError(f"pip download produced {tarballs}, expected one sdist")
@@ -127,21 +228,66 @@ def _ensure_sdist(cache: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _tree_bytes(root: Path) -> int:
+    return sum(f.stat().st_blocks * 512 for f in root.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _prune(sdist_root: Path) -> None:
+    """Keep only what the tests and a probe rebuild use; the marker is written last.
+
+    Kept: BUILD/bin/llama-fit-params, BUILD/build.ninja (the probe's link line), the static
+    libraries under BUILD, and the headers of PROBE_HEADER_DIRS. Everything else (the rest of the
+    sdist, sources, object files, CMake's files, llama.cpp's docs and vocab models) goes.
+    Idempotent, so a tree pruned half-way (killed) is finished by the next call.
+    """
+    llama = sdist_root / SDIST_DIR_TO_LLAMA
+    build = llama / "BUILD"
+    keep_files = {build / "bin" / "llama-fit-params", build / "build.ninja"}
+    header_dirs = tuple(llama / d for d in PROBE_HEADER_DIRS)
+
+    def wanted(path: Path) -> bool:
+        if path in keep_files:
+            return True
+        if path.is_relative_to(build):
+            return path.suffix == ".a"
+        return path.suffix in (".h", ".hpp") and any(path.is_relative_to(d) for d in header_dirs)
+
+    before = _tree_bytes(sdist_root)
+    for dirpath, dirnames, filenames in os.walk(sdist_root, topdown=False):
+        here = Path(dirpath)
+        for name in filenames:
+            path = here / name
+            if not wanted(path):
+                path.unlink()
+        for name in dirnames:
+            sub = here / name
+            if sub.is_symlink():
+                sub.unlink()
+            elif not any(sub.iterdir()):
+                sub.rmdir()
+    (build / PRUNED_MARKER).touch()
+    log(f"pruned the llama.cpp tree to what the tests use: {before / 1e6:.0f} MB -> {_tree_bytes(sdist_root) / 1e6:.0f} MB")
+
+
 def _build_llama_cpp(cache: Path, final_root: Path) -> None:
-    """Unpack and build into a temp dir, then rename the whole tree into place."""
+    """Unpack, build and prune in a temp dir, then rename the whole tree into place."""
     _ensure_debian_tools()
     sdist = _ensure_sdist(cache)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
     try:
-        _log(f"unpacking {sdist.name}")
-        with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
-        src = tmp / SDIST_DIR / "vendor" / "llama.cpp"
+        with _step(f"unpacking {sdist.name}"):
+            with tarfile.open(sdist) as tar:
+                tar.extractall(tmp, filter="data")
+        src = tmp / SDIST_DIR / SDIST_DIR_TO_LLAMA
         jobs = str(max(1, min(os.cpu_count() or 1, 4)))
-        _run(["cmake", "-S", ".", "-B", "BUILD", *CMAKE_FLAGS], cwd=src)
-        _run(["cmake", "--build", "BUILD", "--target", "llama-fit-params", "-j", jobs], cwd=src)
+        with _step("cmake configure"):
+            _run(["cmake", "-S", ".", "-B", "BUILD", *CMAKE_FLAGS], cwd=src)
+        with _step(f"compiling llama.cpp (target llama-fit-params, {jobs} jobs; the long step)"):
+            _run(["cmake", "--build", "BUILD", "--target", "llama-fit-params", "-j", jobs], cwd=src,
+                 on_line=_compile_progress())
         if not (src / "BUILD" / "bin" / "llama-fit-params").exists():
             raise RuntimeError("llama.cpp build finished without llama-fit-params")
+        _prune(tmp / SDIST_DIR)
         target = cache / SDIST_DIR
         if target.exists():  # a stale tree without a finished build: move it aside, then drop it
             stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=cache))
@@ -151,6 +297,8 @@ def _build_llama_cpp(cache: Path, final_root: Path) -> None:
         assert (final_root / "BUILD" / "bin" / "llama-fit-params").exists()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # the tree is built: a rebuild (only if it goes missing) downloads the sdist again
+    shutil.rmtree(cache / "sdist", ignore_errors=True)
 
 
 def _link_libraries(llama_root: Path) -> list[str]:
@@ -182,7 +330,8 @@ def _build_probe(llama_root: Path, final: Path) -> None:
             str(PROBE_SOURCE), "-o", tmp_name,
             *_link_libraries(llama_root), "-fopenmp", "-lpthread",
         ]
-        _run(cmd)
+        with _step(f"compiling the probe ({PROBE_SOURCE.name}) against llama.cpp"):
+            _run(cmd)
         os.chmod(tmp_name, 0o755)
         os.replace(tmp_name, final)
     finally:
@@ -194,7 +343,7 @@ def _remove_leftovers(cache: Path) -> None:
     """Temp dirs of builds killed mid-way (SIGKILL skips `finally`); safe: we hold the build lock."""
     for pattern in (".build-*", ".sdist-*", ".stale-*", "oracle/.probe-*"):
         for leftover in cache.glob(pattern):
-            _log(f"removing leftover {leftover}")
+            log(f"removing leftover {leftover}")
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
@@ -202,21 +351,35 @@ def _remove_leftovers(cache: Path) -> None:
 
 
 def ensure_oracle() -> Oracle:
-    """Return the oracle binaries, building whatever is missing (minutes the first time)."""
+    """Return the oracle binaries, building whatever is missing (minutes the first time).
+
+    Concurrent sessions and xdist workers serialise on a lock: one builds (and logs its
+    progress), the others say once that they wait, then find the finished build.
+    """
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    llama_root = cache / SDIST_DIR / "vendor" / "llama.cpp"
+    llama_root = cache / SDIST_DIR / SDIST_DIR_TO_LLAMA
     fit_params = llama_root / "BUILD" / "bin" / "llama-fit-params"
+    pruned = llama_root / "BUILD" / PRUNED_MARKER
     probe_key = hashlib.sha256(PROBE_SOURCE.read_bytes()).hexdigest()[:12]
     probe = cache / "oracle" / f"vramgate-probe-{probe_key}"
-    if fit_params.exists() and probe.exists():
+    if fit_params.exists() and probe.exists() and pruned.exists():
         return Oracle(llama_root, fit_params, probe)
-    with _locked(cache / ".oracle-build.lock"):
-        _remove_leftovers(cache)
-        if not fit_params.exists():
-            _build_llama_cpp(cache, llama_root)
-        if not probe.exists():
-            _build_probe(llama_root, probe)
+    lock = cache / ".oracle-build.lock"
+    with file_lock(lock, f"another process is building the llama.cpp oracle (lock {lock}); waiting for it"):
+        if not (fit_params.exists() and probe.exists()):
+            began = time.monotonic()
+            (cache / "oracle-build.log").write_text("")
+            log(f"building the llama.cpp oracle into {cache} (once; later runs reuse it)")
+            _remove_leftovers(cache)
+            if not fit_params.exists():
+                _build_llama_cpp(cache, llama_root)
+            if not probe.exists():
+                _build_probe(llama_root, probe)
+            log(f"oracle ready in {_clock(time.monotonic() - began)}")
+        if not pruned.exists():  # a tree built before pruning existed: prune it in place
+            _prune(cache / SDIST_DIR)
+            shutil.rmtree(cache / "sdist", ignore_errors=True)
     return Oracle(llama_root, fit_params, probe)
 
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUFValueType, GGUFWriter
 from gguf import GGMLQuantizationType as T
 
-from .build import cache_dir
+from .build import cache_dir, file_lock, log
 
 GENERATOR_VERSION = 1
 F32, F16, Q8_0, Q4_K, Q6_K, MXFP4 = T.F32, T.F16, T.Q8_0, T.Q4_K, T.Q6_K, T.MXFP4
@@ -155,15 +156,38 @@ def model_path(spec: ModelSpec) -> Path:
     if path.exists():
         return path
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{spec.name}-", suffix=".gguf", dir=directory)
-    os.close(fd)
-    try:
-        write_gguf(spec, Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # one writer at a time (xdist workers collect the same modules at once): the others wait, then find it
+    with file_lock(directory / ".write.lock", "another process is writing test models; waiting for it"):
+        if path.exists():
+            return path
+        began = time.monotonic()
+        fd, tmp = tempfile.mkstemp(prefix=f".{spec.name}-", suffix=".gguf", dir=directory)
+        os.close(fd)
+        try:
+            write_gguf(spec, Path(tmp))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        _report_written(directory, time.monotonic() - began)
     return path
+
+
+_written = {"count": 0, "seconds": 0.0, "logged_at": 0.0}
+
+
+def _report_written(directory: Path, seconds: float) -> None:
+    """A line for the first model this process writes, then one every 5 s (a cold run writes ~35)."""
+    _written["count"] += 1
+    _written["seconds"] += seconds
+    now = time.monotonic()
+    if _written["count"] == 1:
+        log(f"writing the synthetic test models into {directory} (once; the real-scale ones are sparse files)")
+    elif now - _written["logged_at"] >= 5:
+        log(f"wrote {_written['count']} test models so far ({_written['seconds']:.0f} s)")
+    else:
+        return
+    _written["logged_at"] = now
 
 
 # --------------------------------------------------------------------------- building blocks
