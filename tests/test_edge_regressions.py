@@ -257,3 +257,11 @@ async def test_pipelined_get_post_then_garbage_answers_both_requests(proxy_url: 
     statuses = [status for status, _, _ in _answers(raw)]
     assert statuses == [200, 200, 400]
     assert len(emulator.received("/api/generate")) == 1
+
+
+@pytest.mark.parametrize("method", ["post", "Post"])
+async def test_a_lower_case_method_is_judged_like_post(gate_url: str, emulator: Emulator, method: str) -> None:
+    """aiohttp's client sends methods upper-cased: whatever reaches Ollama as POST was judged as POST."""
+    raw = await _exchange(gate_url, _post("/api/generate", BIG).replace(b"POST", method.encode(), 1))
+    assert _answers(raw)[0][0] == 507
+    assert emulator.received("/api/generate") == []
