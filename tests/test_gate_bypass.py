@@ -207,3 +207,14 @@ async def test_zstd_bodies_on_v1_are_refused(gate_url, emulator):
                           headers={"Content-Encoding": "zstd", "Content-Type": "application/json"}) as r:
             assert r.status == 400 and "zstd" in (await r.json())["error"]["message"]
     assert loads(emulator, "/v1/chat/completions") == []
+
+
+async def test_a_transcription_vramgate_finds_no_model_in_is_forwarded_so_ollama_finds_none_either(gate_url, emulator):
+    """Whatever Go's multipart reader would find that vramgate's did not, an empty model= comes first."""
+    body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--b--\r\n"
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gate_url + "/v1/audio/transcriptions?x=1", data=body,
+                          headers={"Content-Type": "multipart/form-data; boundary=b"}) as r:
+            await r.read()
+    [seen] = loads(emulator, "/v1/audio/transcriptions")
+    assert seen.query.startswith("model=&")  # FormValue("model") is "" for Go: "model is required"

@@ -290,19 +290,19 @@ class Gate:
         try:
             fields = multipart_fields(request.headers.get("Content-Type", ""), request.body)
         except NotMultipart:
-            return untouched(request, "passed: Ollama rejects this body")  # Go answers 400 too
+            return _model_first(untouched(request, "passed: Ollama rejects this body"), "", request.query)
         except UnreadableMultipart as exc:
             return cannot_read(request, f"a multipart body it cannot read ({exc})")
         model = transcription_model(request.query, fields)
         if isinstance(model, Rejection):
-            return untouched(request, f"passed: Ollama answers {model.status}")
+            # an empty model first in the query: whatever Go's multipart reader would find, it refuses
+            return _model_first(untouched(request, f"passed: Ollama answers {model.status}"), "", request.query)
         parsed = read_request("/v1/chat/completions", encode(GoObject([("model", model)])))
         assert not isinstance(parsed, (GoRejects, Unreadable))
         decision = await self._admit_load(request, parsed)
         if isinstance(decision, Respond):
             return decision
-        query = "model=" + quote(model, safe="") + ("&" + request.query if request.query else "")
-        return replace(decision, body=request.body, query=query)
+        return _model_first(replace(decision, body=request.body), model, request.query)
 
     async def _refresh_version(self) -> None:
         """Ollama's version picks its sizing rules; asked at start and again while unknown (every 30 s)."""
@@ -329,6 +329,11 @@ def build_admission(settings: Settings, session: aiohttp.ClientSession) -> Gate:
 
 
 # --- parsing helpers ----------------------------------------------------------------------------
+
+
+def _model_first(forward: Forward, model: str, query: str) -> Forward:
+    """Put ``model=<model>`` first in the query: Go's FormValue reads it before anything else."""
+    return replace(forward, query="model=" + quote(model, safe="") + ("&" + query if query else ""))
 
 
 def decision_options(options: dict[str, Any] | None) -> dict[str, Any]:
