@@ -74,3 +74,20 @@ def test_standard_library_records_come_out_as_json_lines() -> None:
     (line,) = [json.loads(text) for text in out.getvalue().splitlines()]
     assert line["event"] == "Error handling request" and line["logger"] == "aiohttp.server"
     assert line["level"] == "error" and "ValueError: boom" in line["exception"]
+
+
+async def test_access_lines_stay_in_order_with_decision_events(stream: io.StringIO) -> None:
+    """Both go into one buffer (the access line is flushed a little later, in place)."""
+    import asyncio
+
+    from proxy.config.log_setup import get_logger
+
+    decisions = get_logger("vramgate.audit")
+    log = AccessLog()
+    decisions.info("load.admitted", model="a")
+    log.record("POST", "/api/generate", 200, 10, 0.01, "127.0.0.1", 0.001)
+    decisions.info("load.refused", model="b")
+    log.record("POST", "/api/chat", 507, 10, 0.01, "127.0.0.1", None)
+    await asyncio.sleep(0.15)  # past the access log's flush delay (0.1 s)
+    events = [(e["event"], e.get("model") or e.get("path")) for e in map(json.loads, stream.getvalue().splitlines())]
+    assert events == [("load.admitted", "a"), ("access", "/api/generate"), ("load.refused", "b"), ("access", "/api/chat")]
