@@ -46,12 +46,6 @@ class Resident:
         return self.size_vram >= self.size > 0
 
 
-def parse_ps(data: object) -> list[dict]:
-    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        return []
-    return [m for m in data["models"] if isinstance(m, dict)]
-
-
 @dataclass
 class Residency:
     """Mutable record kept by the gate; ``residents`` joins it with a fresh /api/ps."""
