@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     # --- decision log -------------------------------------------------------------------------
     audit_file: Path | None = None
 
+    # --- who is asking, and per-user policy -----------------------------------------------------
+    policy_file: Path | None = None  # unset: every client gets the same rules (the settings above)
+    tokens_file: Path | None = None  # sha256 of bearer tokens -> user (``vramgate token add``)
+    identify_loopback: bool = True  # a loopback client is the Unix user owning its socket
+    require_identity: bool = False  # refuse clients known only by their address (401)
+    queue_timeout: float = Field(60.0, ge=0)  # seconds a load waits for room before 503; 0 = no queue
+    max_queued: int = Field(4, ge=0)  # loads one user may have waiting at once (policy may set its own)
+
+    # --- vramgate's own endpoints (/vramgate/...) ---------------------------------------------
+    admin_token: str | None = None  # needed for /vramgate/* (but health) when listening beyond loopback
+
     # --- the Ollama server's own settings (also read from OLLAMA_*) -------------------------
     num_parallel: int = Field(1, ge=1)
     kv_cache_type: KvCacheType = "f16"
