@@ -119,5 +119,8 @@ async def proxy_url(start_proxy: StartProxy) -> str:
 
 def proxy_settings(upstream: str, **overrides: Any) -> Settings:
     """Settings for an in-process proxy, independent of the environment running the tests."""
-    values: dict[str, Any] = {"upstream": upstream, "listen": "127.0.0.1:0", "shutdown_grace": 0.5, **overrides}
+    # queue_timeout 0: tests written before the queue see the fit gate's own answers (503) at once;
+    # the queue's tests set it
+    values: dict[str, Any] = {"upstream": upstream, "listen": "127.0.0.1:0", "shutdown_grace": 0.5,
+                              "queue_timeout": 0, **overrides}
     return load_settings(None, **values)

@@ -28,16 +28,17 @@ def stream() -> Iterator[io.StringIO]:
 ])
 def test_lines_are_json_with_every_field(stream: io.StringIO, path: str, client: str) -> None:
     log = AccessLog()
-    log.record("POST", path, 200, 1234, 0.0123456, client, 0.0004, "ok")
+    log.record("POST", path, 200, 1234, 0.0123456, client, 0.0004, "ok", "alice")
     log.record("GET", path, 502, 0, 2.5, client, None, "upstream_unreachable")
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first == {
         "logger": "vramgate.access", "method": "POST", "path": path, "status": 200, "bytes": 1234,
-        "duration_ms": 12.346, "upstream_ttfb_ms": 0.4, "client": client, "outcome": "ok",
+        "duration_ms": 12.346, "upstream_ttfb_ms": 0.4, "client": client, "user": "alice", "outcome": "ok",
         "event": "access", "level": "info", "timestamp": first["timestamp"],
     }
     assert first["timestamp"].endswith("Z") and len(first["timestamp"]) == len("2026-11-24T21:56:18.731275Z")
     assert second["upstream_ttfb_ms"] is None and second["duration_ms"] == 2500.0
+    assert second["user"] is None  # not identified (a request refused before identification)
 
 
 def test_nothing_is_written_below_the_configured_level() -> None:

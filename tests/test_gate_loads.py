@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import json
 
 import aiohttp
@@ -289,7 +291,8 @@ async def test_busy_model_is_not_evicted_until_its_stream_ends(gate_url, emulato
     second = {"model": "other", "prompt": "hi", "stream": False, "options": {"num_ctx": 8192}}
     status, headers, body = await post(gate_url, "/api/generate", second)
     assert status == 503 and headers["Retry-After"] == "10"
-    assert "Held by: Ollama model llama3:8b" in body["error"] and "(busy)" in body["error"]
+    me = pwd.getpwuid(os.getuid()).pw_name  # the loopback client is this process's user: it loaded the model
+    assert f"Held by: {me} (llama3:8b, " in body["error"] and "generating, GPU 0)" in body["error"]
     assert await task == 200
     status, _, _ = await post(gate_url, "/api/generate", second)  # idle now: Ollama evicts it
     assert status == 200 and "llama3:8b" in gpu.evictions and gpu.ooms == []

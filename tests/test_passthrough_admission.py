@@ -10,14 +10,14 @@ import aiohttp
 import ollama
 import pytest
 
-from proxy.gate.admission import AdmissionRequest, Forward, Respond
+from proxy.gate.admission import AdmissionRequest, Forward, PassThrough, Respond
 from tests.conftest import StartProxy
 from tests.emulator import Emulator
 
 
 @dataclass
-class Scripted:
-    """An admission that inspects generate and does what the test scripted."""
+class Scripted(PassThrough):
+    """An admission that inspects generate and does what the test scripted (clients are addresses)."""
 
     decide: str = "forward"  # forward | respond | rewrite | crash
     seen: list[AdmissionRequest] = field(default_factory=list)

@@ -43,7 +43,7 @@ def _cached_string(text: str) -> str:
 
 FLUSH_AFTER = 0.1  # seconds: a line reaches the log file at most this late
 _LINE = ('{"logger": "vramgate.access", "method": %s, "path": %s, "status": %d, "bytes": %d, '
-         '"duration_ms": %.3f, "upstream_ttfb_ms": %s, "client": %s, "outcome": "%s", '
+         '"duration_ms": %.3f, "upstream_ttfb_ms": %s, "client": %s, "user": %s, "outcome": "%s", '
          '"event": "access", "level": "info", "timestamp": "%s"}\n')
 
 
@@ -58,18 +58,20 @@ class AccessLog:
         self._stamp_prefix = ""
 
     def record(self, method: str, path: str, status: int, sent: int, duration: float, client: str,
-               ttfb: float | None, outcome: str = "ok") -> None:
+               ttfb: float | None, outcome: str = "ok", user: str | None = None) -> None:
         """``sent`` = body bytes to the client; ``duration``/``ttfb`` in seconds (ttfb: upstream headers)."""
         if not self._enabled:
             return
         if self._stream is None:
             self._log.info("access", method=method, path=path, status=status, bytes=sent,
                            duration_ms=round(duration * 1000, 3),
-                           upstream_ttfb_ms=None if ttfb is None else round(ttfb * 1000, 3), client=client, outcome=outcome)
+                           upstream_ttfb_ms=None if ttfb is None else round(ttfb * 1000, 3), client=client, user=user,
+                           outcome=outcome)
             return
         line = _LINE % (
             _cached_string(method), _cached_string(path), status, sent, duration * 1000,
-            "null" if ttfb is None else "%.3f" % (ttfb * 1000), _cached_string(client), outcome, self._timestamp())
+            "null" if ttfb is None else "%.3f" % (ttfb * 1000), _cached_string(client),
+            "null" if user is None else _cached_string(user), outcome, self._timestamp())
         try:
             # Into the same buffer structlog writes decision events to (and flushes): lines stay in
             # order with them; a flush per line would cost a system call per request.

@@ -46,9 +46,11 @@ def _decoded(raw: RawHeaders, drop: frozenset[str]) -> CIMultiDict[str]:
     return kept
 
 
-def request_headers(raw: RawHeaders, *, body_replaced: bool = False) -> CIMultiDict[str]:
-    """The client's end-to-end headers, to send upstream (without Content-Length when the body changes)."""
-    return _decoded(raw, _BODY_DROP if body_replaced else _REQUEST_DROP)
+def request_headers(raw: RawHeaders, *, body_replaced: bool = False, drop_token: bool = False) -> CIMultiDict[str]:
+    """The client's end-to-end headers, to send upstream (without Content-Length when the body changes,
+    without Authorization when it carried vramgate's own token: Ollama has no use for it)."""
+    drop = _BODY_DROP if body_replaced else _REQUEST_DROP
+    return _decoded(raw, drop | {"authorization"} if drop_token else drop)
 
 
 def response_headers(raw: RawHeaders) -> CIMultiDict[str]:

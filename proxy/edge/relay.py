@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from time import perf_counter
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -39,6 +40,7 @@ from proxy.gate.admission import (
     PassThrough,
     Respond,
 )
+from proxy.identity.identify import Identity
 from proxy.ollama.errors import JSON_TYPE, error_body, stream_error_line
 
 WHOLE_ANSWER = 64 * 1024  # answers of known length up to this are read whole, then sent in one write
@@ -47,6 +49,7 @@ NDJSON = "application/x-ndjson"
 _STREAMED_TYPES = ("application/x-ndjson", "text/event-stream")
 # per request: the CORS headers every answer to this request carries (Ollama's, for the client's Origin)
 CORS_HEADERS: web.RequestKey[Iterable[tuple[str, str]]] = web.RequestKey("vramgate.cors", tuple)
+WHO: web.RequestKey[Identity] = web.RequestKey("vramgate.who", Identity)  # who asked
 _log = get_logger("vramgate.relay")
 
 
@@ -73,6 +76,8 @@ class Relay:
         self._max_inspected = settings.max_inspected_body
         self._body_timeout = settings.body_timeout
         self._read_timeout = settings.read_timeout
+        self._require_identity = settings.require_identity
+        self.endpoints: Any = None  # vramgate's own /vramgate/... (proxy.edge.endpoints), set at start
 
     def attach(self, admission: Admission) -> None:
         """Set the admission once the event loop runs (start-up)."""
@@ -89,11 +94,20 @@ class Relay:
         target = parse_target(request.raw_path)
         if isinstance(target, BadTarget):
             return self._answer(request, request.path, target.message, 400, started, "bad_target")
+        if self.endpoints is not None and self.endpoints.handles(target.path):  # vramgate's own: never Ollama's
+            response = await self.endpoints.handle(request, target.path)
+            self._log(request, target.path, response.status, response.body_length, started, None, "vramgate")
+            return response
+        who = request[WHO] = self._identify(request)
+        if who.anonymous and self._require_identity:
+            return self._unidentified(request, target.path, started)
+        if (screened := self._admission.screen(request.method, target.path, who)) is not None:
+            return self._respond(request, target.path, screened, started)
         try:
             if self._admission.inspects(request.method, target.path):
                 return await self._admitted(request, target, started)
             body = _streamed_body(request, self._body_timeout) if request.body_exists else None
-            headers = request_headers(request.raw_headers)
+            headers = request_headers(request.raw_headers, drop_token=who.source == "token")
             return await self._forward(request, target, headers, body, None, started)
         except BodyStalled:
             response = self._answer(request, target.path, f"the request body stalled: nothing arrived for "
@@ -116,17 +130,14 @@ class Relay:
         try:
             decision = await self._admission.admit(
                 AdmissionRequest(request.method, target.path, request.headers, inspected, _client(request),
-                                 target.query.removeprefix("?")))
+                                 target.query.removeprefix("?"), request[WHO]))
         except Exception as exc:  # a bug in the gate must not look like a crash to the client
             _log.exception("admission.failed", method=request.method, path=target.path)
             return self._answer(request, target.path, f"vramgate could not decide on this request: "
                                 f"{type(exc).__name__}: {exc}", 500, started, "admission_failed")
         if isinstance(decision, Respond):
-            response = web.Response(status=decision.status, body=decision.body, headers=decision.headers)
-            _add(response, request[CORS_HEADERS])
-            self._log(request, target.path, decision.status, len(decision.body), started, None, "answered")
-            return response
-        headers = request_headers(request.raw_headers, body_replaced=True)
+            return self._respond(request, target.path, decision, started)
+        headers = request_headers(request.raw_headers, body_replaced=True, drop_token=request[WHO].source == "token")
         if decision.query is not None:
             target = replace(target, query="?" + decision.query if decision.query else "")
         try:
@@ -247,6 +258,30 @@ class Relay:
         self._log(request, path, status, len(body), started, None, outcome)
         return response
 
+    def _respond(self, request: web.BaseRequest, path: str, answer: Respond, started: float) -> web.Response:
+        """The gate answered the client itself (a refusal): nothing reached Ollama."""
+        response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        _add(response, request[CORS_HEADERS])
+        self._log(request, path, answer.status, len(answer.body), started, None, "answered")
+        return response
+
+    def _identify(self, request: web.BaseRequest) -> Identity:
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        ours = transport.get_extra_info("sockname") if transport is not None else None
+        return self._admission.identify(request.headers.get("Authorization"),
+                                        tuple(peer[:2]) if isinstance(peer, tuple) else None,
+                                        tuple(ours[:2]) if isinstance(ours, tuple) else None, request.protocol)
+
+    def _unidentified(self, request: web.BaseRequest, path: str, started: float) -> web.Response:
+        """``require_identity``: a client known only by its address is refused, saying how to be known."""
+        message = ("vramgate requires an identity on this server: set OLLAMA_API_KEY to your vramgate token (the"
+                   " client sends it as Authorization: Bearer), or connect from your own account on this machine."
+                   " Ask the admin for a token (vramgate token add NAME).")
+        response = self._answer(request, path, message, 401, started, "no_identity")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="vramgate"'
+        return response
+
     def _early(self, request: web.BaseRequest, front: EarlyAnswer, started: float) -> web.Response:
         response = web.Response(status=front.status, reason=front.reason, body=front.body)
         _add(response, front.headers)
@@ -257,8 +292,9 @@ class Relay:
 
     def _log(self, request: web.BaseRequest, path: str, status: int, sent: int, started: float,
              ttfb: float | None, outcome: str) -> None:
+        who = request.get(WHO)
         self._access.record(request.method, path, status, sent, perf_counter() - started, _client(request),
-                            ttfb, outcome)
+                            ttfb, outcome, who.user if who is not None else None)
 
 
 def _add(response: web.StreamResponse, headers: Iterable[tuple[str, str]]) -> None:

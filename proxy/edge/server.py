@@ -274,6 +274,8 @@ async def _serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if callable(reload := getattr(running.admission, "reload", None)):
+        loop.add_signal_handler(signal.SIGHUP, reload)  # reread the policy and tokens files
     await stop.wait()
     log.info("vramgate stopping", grace_s=settings.shutdown_grace)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from proxy.identity.identify import Identity
+
 
 @dataclass(frozen=True)
 class AdmissionRequest:
@@ -19,8 +21,9 @@ class AdmissionRequest:
     path: str  # request path without the query string (as Ollama's router sees it)
     headers: Mapping[str, str]  # the client's (Content-Type and Content-Encoding decide how the body is read)
     body: bytes  # the complete request body as the client sent it
-    client: str  # who asked: the remote address
+    client: str  # the remote address
     query: str = ""  # the raw query string, without "?"
+    identity: Identity | None = None  # who asked (None: known only by ``client``)
 
 
 @dataclass(frozen=True)
@@ -52,14 +55,31 @@ class Admission(Protocol):
         """True for the routes whose body ``admit`` must see. Called on every request: keep it cheap."""
         ...
 
+    def identify(self, authorization: str | None, peer: tuple[str, int] | None, ours: tuple[str, int] | None,
+                 connection: object | None = None) -> Identity:
+        """Who is asking (once per request; cheap after the first request of a connection)."""
+        ...
+
+    def screen(self, method: str, path: str, who: Identity) -> Respond | None:
+        """Before the body is read: an answer for what ``who`` may not do at all, else None. Cheap."""
+        ...
+
     async def admit(self, request: AdmissionRequest) -> Forward | Respond: ...
 
 
 class PassThrough:
-    """The admission used when nothing is gated: inspects nothing."""
+    """The admission used when nothing is gated: inspects nothing; clients are their addresses."""
 
     def inspects(self, method: str, path: str) -> bool:
         return False
+
+    def identify(self, authorization: str | None, peer: tuple[str, int] | None, ours: tuple[str, int] | None,
+                 connection: object | None = None) -> Identity:
+        address = peer[0] if peer else "unix"
+        return Identity(address, "address", address)
+
+    def screen(self, method: str, path: str, who: Identity) -> Respond | None:
+        return None
 
     async def admit(self, request: AdmissionRequest) -> Forward | Respond:
         return Forward(body=request.body)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from proxy.gate.residency import Resident, VramgateLoad, model_key
@@ -77,6 +77,7 @@ class Reservation:
     model: str
     per_gpu: tuple[tuple[int, int], ...]  # (gpu index, bytes)
     evicts: frozenset[str] = frozenset()  # residents this load counted on Ollama evicting
+    user: str | None = None  # whose load it is (their quota counts it)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,38 @@ class Holder:
     bytes: int
     busy: bool = False
     pid: int | None = None
-    user: str | None = None
+    user: str | None = None  # a process's Unix user; for an Ollama model, who loaded it through vramgate
+    idle_s: float | None = None  # an idle Ollama model: seconds since its last request through vramgate
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A user's ``max_vram``: the most their resident models may hold at once, across GPUs.
+
+    A model several users share counts once, for the user whose request loaded it.
+    """
+
+    user: str
+    limit: int
+    rule: str  # where the limit is set, e.g. "users.alice.max_vram"
+    held: int  # what their models hold that stays: busy ones and loads in flight (not the model asked for)
+    idle: tuple[tuple[str, int], ...] = ()  # their idle models, least recently used first: vramgate may unload them
+
+    @property
+    def room(self) -> int:
+        """The most a new load of theirs may take, once their idle models are unloaded."""
+        return self.limit - self.held
+
+    def to_unload(self, total: int) -> frozenset[str]:
+        """Their idle models that must go for a load of ``total`` bytes to stay within the limit."""
+        over = self.held + sum(b for _, b in self.idle) + total - self.limit
+        names: set[str] = set()
+        for name, size in self.idle:
+            if over <= 0:
+                break
+            names.add(name)
+            over -= size
+        return frozenset(names)
 
 
 @dataclass(frozen=True)
@@ -162,9 +194,9 @@ class Admit:
 
 @dataclass(frozen=True)
 class Refuse:
-    status: int  # 503 (wait) or 507 (never on these GPUs)
+    status: int  # 503 (wait), 507 (never on these GPUs), 403/429 (the user's policy)
     retry_after: int | None
-    reason: str  # busy | no_room | too_big | held_by_others | no_gpu | gpu_unreadable
+    reason: str  # busy | no_room | too_big | held_by_others | no_gpu | gpu_unreadable | over_quota | quota_too_small | num_ctx_cap
     model: str
     route: str
     requested_ctx: int | None = None
@@ -179,6 +211,13 @@ class Refuse:
     spill_layers: int = 0
     problem: str | None = None  # the GPU reading problem, said plainly
     min_num_ctx: int = 0
+    quota: Quota | None = None  # set on the policy refusals over_quota and quota_too_small
+    ctx_cap: tuple[int, str] | None = None  # (max_num_ctx, its rule) on num_ctx_cap
+
+    @property
+    def retryable(self) -> bool:
+        """Waiting can help: other holders will let go (the queue waits for that)."""
+        return self.status == 503 and self.reason in ("busy", "no_room")
 
 
 Decision = Admit | Refuse
@@ -196,6 +235,10 @@ class Inputs:
     policy: Policy = Policy()
     correction: int = 0  # bytes a real load of this model exceeded its prediction by
     speed: Speed | None = None
+    quota: Quota | None = None  # the user's max_vram, when their policy sets one
+    # idle residents that may be evicted for this load (None: all, as Ollama would; a policy narrows it)
+    evictable: frozenset[str] | None = None
+    ctx_cap: tuple[int, str] | None = None  # the user's max_num_ctx and where it is set
 
 
 # --- the decision: the rules, in the order they apply ---------------------------------------
@@ -208,15 +251,21 @@ def decide(inp: Inputs) -> Decision:
     if (partial := _partial_offload_allowed(inp)) is not None:  # 2. spilling asked and allowed
         return partial
     load = _Load.of(inp)
-    if (reused := _reuse_resident(load)) is not None:  # 3. already loaded: sticky / resident
+    if (capped := _over_ctx_cap(load)) is not None:  # 3. /v1 over the user's max_num_ctx: cannot be shrunk
+        return capped
+    if (reused := _reuse_resident(load)) is not None:  # 4. already loaded: sticky / resident (no new memory)
         return reused
+    if (never := _never_within_quota(load)) is not None:  # 5. larger than the user's max_vram even alone
+        return never
     budgets = _budgets_for(load)
-    if (placed := load.place_at(load.ctx, budgets)) is not None:  # 4. fits as asked
+    if (placed := load.place_at(load.ctx, budgets)) is not None:  # 6. fits as asked
         return _admit_as_asked(load, placed, budgets)
     fits_now = load.largest_fitting(budgets)
-    if fits_now is not None and load.may_shrink_to(fits_now):  # 5. fits with a smaller context
+    if fits_now is not None and load.may_shrink_to(fits_now):  # 7. fits with a smaller context
         return _admit_smaller(load, fits_now, budgets)
-    return _refuse(load, budgets, fits_now)  # 6. refused: 503 if waiting helps, else 507
+    if inp.quota is not None and isinstance(decide(replace(inp, quota=None)), Admit):  # 8. only the quota stops it
+        return _over_quota(load, budgets)
+    return _refuse(load, budgets, fits_now)  # 9. refused: 503 if waiting helps, else 507
 
 
 @dataclass(frozen=True)
@@ -255,8 +304,19 @@ class _Load:
         return need_for(self.inp, n_ctx, self.parallel)
 
     def place_at(self, n_ctx: int, budgets: tuple[GpuBudget, ...]) -> tuple[tuple[int, int], ...] | None:
-        """Where it would go at ``n_ctx`` (bytes per GPU), or None if it does not fit."""
-        return place(self.inp.sizer, self.need_at(n_ctx), budgets, self.inp.policy, self.inp.correction)
+        """Where it would go at ``n_ctx`` (bytes per GPU), or None if it does not fit (GPUs or quota)."""
+        placed = place(self.inp.sizer, self.need_at(n_ctx), budgets, self.inp.policy, self.inp.correction)
+        quota = self.inp.quota
+        if placed is not None and quota is not None and sum(b for _, b in placed) > quota.room:
+            return None
+        return placed
+
+    def evicts(self, placed: tuple[tuple[int, int], ...], budgets: tuple[GpuBudget, ...]) -> frozenset[str]:
+        """Residents to be gone: those the GPUs need, and the user's own idle ones their quota needs."""
+        names = evictions(placed, budgets)
+        if self.inp.quota is not None:
+            names |= self.inp.quota.to_unload(sum(b for _, b in placed))
+        return names
 
     def largest_fitting(self, budgets: tuple[GpuBudget, ...]) -> int | None:
         """The largest context up to ``ctx`` that fits these budgets (None if not even 256 tokens)."""
@@ -269,11 +329,19 @@ class _Load:
     def steps_to(self, num_ctx: int) -> tuple[tuple[int, str], ...]:
         """Each lowering from the asked context to ``num_ctx`` with its reason (header and log)."""
         steps = []
-        if self.asked > self.ctx:
-            steps.append((self.ctx, "trained context"))
+        if self.asked > self.trained_capped:
+            steps.append((self.trained_capped, "trained context"))
+        if self.trained_capped > self.ctx:
+            steps.append((self.ctx, f"policy {self.inp.ctx_cap[1] if self.inp.ctx_cap else ''}".strip()))
         if num_ctx < self.ctx:
             steps.append((num_ctx, "GPU memory"))
         return tuple(steps)
+
+    @property
+    def trained_capped(self) -> int:
+        """The context after the trained-context cap only (before the user's max_num_ctx)."""
+        trained = self.inp.model.trained_ctx
+        return min(self.asked, trained) if trained else self.asked
 
 
 def _no_gpu(inp: Inputs) -> Decision:
@@ -318,6 +386,8 @@ def _reuse_resident(load: _Load) -> Admit | None:
 def _sticky(load: _Load, loaded: VramgateLoad) -> Admit | None:
     """Native: the options vramgate loaded it with are forwarded again unless more context is asked."""
     asked = load.inp.request.options.get("num_ctx")
+    if asked is not None and load.inp.ctx_cap is not None:
+        asked = min(asked, load.inp.ctx_cap[0])
     if asked is not None and asked > loaded.num_ctx:
         return None
     options = _forward_options(load.inp.request.options, loaded.num_ctx, loaded.num_gpu)
@@ -332,6 +402,40 @@ def _loaded_elsewhere(load: _Load, r: Resident) -> Admit | None:
     return Admit({}, True, "resident", num_ctx=load.ctx, requested_ctx=load.ctx)
 
 
+def _over_ctx_cap(load: _Load) -> Refuse | None:
+    """/v1 carries no options, so a load whose context is over the user's max_num_ctx cannot be
+    shrunk to it: refused (403) unless the model is already resident at a context within the cap."""
+    cap = load.inp.ctx_cap
+    if cap is None or load.native or load.trained_capped <= cap[0]:
+        return None
+    r = next((r for r in load.inp.residents if r.name == load.key), None)
+    if r is not None and r.fully_on_gpu and r.context_length is not None and r.context_length <= cap[0]:
+        return None
+    return Refuse(403, None, "num_ctx_cap", load.key, load.inp.request.route, requested_ctx=load.trained_capped,
+                  ctx_source=load.source, ctx_cap=cap, min_num_ctx=load.inp.policy.min_num_ctx)
+
+
+def _never_within_quota(load: _Load) -> Refuse | None:
+    """Larger than the user's whole max_vram even at the smallest context vramgate would give it (403)."""
+    quota = load.inp.quota
+    if quota is None:
+        return None
+    smallest = load.floor if load.native else load.ctx
+    need = load.need_at(smallest)
+    if need.total <= quota.limit:
+        return None
+    return Refuse(403, None, "quota_too_small", load.key, load.inp.request.route, requested_ctx=load.ctx,
+                  ctx_source=load.source, need=need, quota=quota, min_num_ctx=load.inp.policy.min_num_ctx)
+
+
+def _over_quota(load: _Load, budgets: tuple[GpuBudget, ...]) -> Refuse:
+    """It fits the GPUs but not the user's max_vram next to their busy models (429: wait for them)."""
+    quota = load.inp.quota
+    return Refuse(429, 10, "over_quota", load.key, load.inp.request.route, requested_ctx=load.asked,
+                  ctx_source=load.source, need=load.need_at(load.ctx), budgets=budgets, holders=holders(load.inp),
+                  quota=quota, min_num_ctx=load.inp.policy.min_num_ctx)
+
+
 def _budgets_for(load: _Load) -> tuple[GpuBudget, ...]:
     """Every GPU's budget, or only the GPU ``main_gpu`` pins the model to (Ollama >= 0.30)."""
     budgets = gpu_budgets(load.inp, load.key)
@@ -344,7 +448,7 @@ def _budgets_for(load: _Load) -> tuple[GpuBudget, ...]:
 def _admit_as_asked(load: _Load, placed: tuple[tuple[int, int], ...], budgets: tuple[GpuBudget, ...]) -> Admit:
     """It fits as asked: forward all layers and the context explicitly (/v1: the body as it is)."""
     fields: dict[str, Any] = dict(num_ctx=load.ctx, requested_ctx=load.asked, need=load.need_at(load.ctx),
-                                  per_gpu=placed, evicts=evictions(placed, budgets), budgets=budgets)
+                                  per_gpu=placed, evicts=load.evicts(placed, budgets), budgets=budgets)
     if not load.native:  # nothing can be carried: forward as it is
         return Admit({}, True, "admitted", **fields)
     options = _forward_options(load.inp.request.options, load.ctx, load.inp.model.layers)
@@ -357,7 +461,7 @@ def _admit_smaller(load: _Load, fits: int, budgets: tuple[GpuBudget, ...]) -> Ad
     return Admit(
         _forward_options(load.inp.request.options, fits, load.inp.model.layers), False, "rewritten",
         num_ctx=fits, requested_ctx=load.asked, need=load.need_at(fits), per_gpu=placed,
-        evicts=evictions(placed, budgets), budgets=budgets, ctx_steps=load.steps_to(fits),
+        evicts=load.evicts(placed, budgets), budgets=budgets, ctx_steps=load.steps_to(fits),
     )
 
 
@@ -471,11 +575,14 @@ def asked_ctx(inp: Inputs) -> tuple[int, str]:
 
 
 def effective_ctx(inp: Inputs) -> tuple[int, str]:
-    """The context asked for, capped to the trained context (as Ollama caps it): the one sized."""
+    """The context asked for, capped to the trained context (as Ollama caps it) and to the user's
+    max_num_ctx (as vramgate rewrites it): the one sized."""
     ctx, source = asked_ctx(inp)
     trained = inp.model.trained_ctx
     if trained and ctx > trained:
-        return trained, f"{source}, capped to the trained context"
+        ctx, source = trained, f"{source}, capped to the trained context"
+    if inp.ctx_cap is not None and ctx > inp.ctx_cap[0]:
+        ctx, source = inp.ctx_cap[0], f"{source}, capped by policy {inp.ctx_cap[1]}"
     return ctx, source
 
 
@@ -498,7 +605,7 @@ def _gpu_budget(inp: Inputs, gpu: Gpu, key: str, order: tuple[Resident, ...], cl
     charges = [(r, resident_charge(r, gpu, snap, policy)) for r in order]
     ollama = sum(c for _, c in charges)
     held = 0 if snap.includes_ollama else ollama  # what Ollama holds that free does not already exclude
-    reclaim_from = tuple((r.name, c) for r, c in charges if c and _reclaimable(r, key, claimed, policy))
+    reclaim_from = tuple((r.name, c) for r, c in charges if c and _reclaimable(r, key, claimed, policy, inp.evictable))
     reclaim = sum(b for _, b in reclaim_from)
     pending = _pending_on(inp, gpu.index, key)
     free = gpu.free - held  # may be negative when static numbers disagree with /api/ps: keep it
@@ -508,9 +615,15 @@ def _gpu_budget(inp: Inputs, gpu: Gpu, key: str, order: tuple[Resident, ...], cl
                      reclaim_from, max(0, others))
 
 
-def _reclaimable(r: Resident, key: str, claimed: frozenset[str], policy: Policy) -> bool:
-    """This model's own runner, or an idle one Ollama would evict, unless an admitted load counts on it."""
-    return r.name not in claimed and (r.name == key or (policy.evict_idle and not r.busy))
+def _reclaimable(r: Resident, key: str, claimed: frozenset[str], policy: Policy,
+                 evictable: frozenset[str] | None) -> bool:
+    """This model's own runner, or an idle one that may be evicted (by Ollama, or by vramgate where a
+    policy says whose), unless an admitted load counts on it. A busy model never is."""
+    if r.name in claimed:
+        return False
+    if r.name == key:
+        return True
+    return policy.evict_idle and not r.busy and (evictable is None or r.name in evictable)
 
 
 def _pending_on(inp: Inputs, index: int, key: str) -> int:
@@ -652,11 +765,12 @@ def holders(inp: Inputs) -> tuple[Holder, ...]:
         for r in inp.residents:
             charge = resident_charge(r, gpu, inp.gpus, inp.policy)
             if charge:
-                out.append(Holder("ollama", r.name, gpu.index, charge, busy=r.busy))
+                out.append(Holder("ollama", r.name, gpu.index, charge, busy=r.busy, user=r.owner,
+                                  idle_s=None if r.busy else r.idle_s))
         for res in inp.reservations:
             for i, b in res.per_gpu:
                 if i == gpu.index:
-                    out.append(Holder("pending", res.model, gpu.index, b, busy=True))
+                    out.append(Holder("pending", res.model, gpu.index, b, busy=True, user=res.user))
         for p in gpu.processes:
             if not p.is_ollama:
                 out.append(Holder("process", p.command or "?", gpu.index, p.used_bytes or 0, pid=p.pid, user=p.user))

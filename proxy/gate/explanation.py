@@ -21,6 +21,8 @@ def _gib(n: int) -> str:
 
 def refusal_text(r: Refuse) -> str:
     """One paragraph: what the model needs, what is free, who holds the rest, the cost of spilling, what to do."""
+    if r.reason in _POLICY_TEXTS:
+        return _POLICY_TEXTS[r.reason](r)
     if r.need is None:
         return _no_gpu_text(r)
     return "".join([
@@ -95,10 +97,13 @@ def _gpu_text(b: GpuBudget) -> str:
 def _holders_text(hs: tuple[Holder, ...]) -> str:
     items = []
     for h in hs[:8]:
-        if h.kind == "ollama":
+        if h.kind == "ollama" and h.user:
+            items.append(f"{h.user} ({h.name}, {_gib(h.bytes)}, {_state(h)}, GPU {h.gpu})")
+        elif h.kind == "ollama":
             items.append(f"Ollama model {h.name} {_gib(h.bytes)}{' (busy)' if h.busy else ' (idle)'} on GPU {h.gpu}")
         elif h.kind == "pending":
-            items.append(f"{h.name} being loaded {_gib(h.bytes)} on GPU {h.gpu}")
+            whose = f"{h.user}'s " if h.user else ""
+            items.append(f"{whose}{h.name} being loaded {_gib(h.bytes)} on GPU {h.gpu}")
         else:
             who = f"user {h.user}, " if h.user else ""
             size = _gib(h.bytes) if h.bytes else "unknown size"
@@ -106,6 +111,52 @@ def _holders_text(hs: tuple[Holder, ...]) -> str:
     if len(hs) > 8:
         items.append(f"{len(hs) - 8} more")
     return "; ".join(items)
+
+
+def _state(h: Holder) -> str:
+    """``generating`` or ``idle 3 min``: whether waiting for it can help, and how soon."""
+    if h.busy:
+        return "generating"
+    if h.idle_s is None:
+        return "idle"
+    if h.idle_s < 90:
+        return f"idle {int(h.idle_s)} s"
+    return f"idle {int(h.idle_s // 60)} min"
+
+
+def _quota_too_small_text(r: Refuse) -> str:
+    """403: even alone, at the smallest context vramgate gives, the model exceeds the user's max_vram."""
+    q, need = r.quota, r.need
+    assert q is not None and need is not None
+    return (f"vramgate refused to load {r.model} for {q.user}: it needs {_gib(need.total)} of GPU memory even at"
+            f" num_ctx {need.num_ctx}, more than {q.user} may hold at once ({_gib(q.limit)}, policy rule {q.rule})."
+            " Use a smaller model or quantization, or ask the admin to raise it.")
+
+
+def _over_quota_text(r: Refuse) -> str:
+    """429: it fits the GPUs, but not next to the user's own busy models within their max_vram."""
+    q, need = r.quota, r.need
+    assert q is not None and need is not None
+    own = [h for h in r.holders if h.kind in ("ollama", "pending") and h.user == q.user]
+    held = "; ".join(f"{h.name} {_gib(h.bytes)} ({_state(h) if h.kind == 'ollama' else 'loading'})" for h in own)
+    return (f"vramgate refused to load {r.model} for {q.user}: it needs {_gib(need.total)} at num_ctx {need.num_ctx},"
+            f" and {q.user}'s models already hold {_gib(q.held)} of the {_gib(q.limit)} they may hold at once"
+            f" (policy rule {q.rule}){': ' + held if held else ''}. Retry when those requests are done"
+            f" (in {r.retry_after} s), unload one with keep_alive 0, or ask for a smaller num_ctx.")
+
+
+def _ctx_cap_text(r: Refuse) -> str:
+    """403: a /v1 load over the user's max_num_ctx, which /v1 cannot carry a smaller context for."""
+    assert r.ctx_cap is not None
+    cap, rule = r.ctx_cap
+    return (f"vramgate refused to load {r.model}: it would load at num_ctx {r.requested_ctx} ({r.ctx_source}) but"
+            f" you may use at most {cap} (policy rule {rule}), and the OpenAI API carries no options to ask for less."
+            f" Use /api/chat or /api/generate (vramgate lowers num_ctx there), or a model whose Modelfile sets"
+            f" PARAMETER num_ctx {cap} or less.")
+
+
+_POLICY_TEXTS = {"quota_too_small": _quota_too_small_text, "over_quota": _over_quota_text,
+                 "num_ctx_cap": _ctx_cap_text}
 
 
 def _advice(r: Refuse) -> str:
@@ -184,6 +235,11 @@ def refusal_numbers(r: Refuse) -> dict[str, Any]:
         "retry_after_s": r.retry_after,
         "problem": r.problem,
     }
+    if r.quota is not None:
+        out["quota"] = {"user": r.quota.user, "rule": r.quota.rule, "limit_bytes": r.quota.limit,
+                        "held_bytes": r.quota.held}
+    if r.ctx_cap is not None:
+        out.update(max_num_ctx=r.ctx_cap[0], rule=r.ctx_cap[1], num_ctx=r.requested_ctx)
     if r.need is not None:
         n = r.need
         out.update(
@@ -203,7 +259,7 @@ def refusal_numbers(r: Refuse) -> dict[str, Any]:
             gpus=[_budget_json(b) for b in r.budgets],
             holders=[
                 {k: v for k, v in {"kind": h.kind, "name": h.name, "gpu": h.gpu, "bytes": h.bytes, "busy": h.busy,
-                                   "pid": h.pid, "user": h.user}.items() if v is not None}
+                                   "pid": h.pid, "user": h.user, "idle_s": h.idle_s}.items() if v is not None}
                 for h in r.holders
             ],
             fits_num_ctx_now=r.fits_ctx_now,
@@ -235,7 +291,8 @@ def refusal_body(r: Refuse) -> bytes:
     text = refusal_text(r)
     numbers = refusal_numbers(r)
     if r.route == "openai":
-        code = "model_too_large" if r.status == 507 and r.reason != "held_by_others" else "insufficient_gpu_memory"
+        code = {403: "policy_refused", 429: "over_quota"}.get(r.status) or (
+            "model_too_large" if r.status == 507 and r.reason != "held_by_others" else "insufficient_gpu_memory")
         body: dict[str, Any] = {
             "error": {"message": text, "type": "api_error", "param": None, "code": code},
             "vramgate": numbers,

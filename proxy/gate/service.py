@@ -13,13 +13,18 @@ decoder rejects, an unknown model) still goes to Ollama untouched, so its own er
 
 No I/O under the admission lock: Ollama's state and the GPUs are read before it; the lock covers
 only the decision and the reservation (``proxy.reservations`` says why that is safe).
+
+Who asks matters once a policy file exists (``proxy.policy``): each user's rules allow or deny the
+model and the store operations, cap ``num_ctx`` and ``keep_alive``, and bound what their models may
+hold (``max_vram``, ``proxy.gate.sharing``). A load that would fit once others let go waits in a
+queue (``proxy.gate.queue``) instead of being bounced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +35,7 @@ from proxy.config.settings import Settings
 from proxy.footprint import ModelDescription
 from proxy.gate.admission import AdmissionRequest, Forward, Respond
 from proxy.gate.answers import anthropic_error, cannot_judge, cannot_read, canonical, untouched
-from proxy.gate.audit import Audit, load_options
+from proxy.gate.audit import Audit, asking, load_options
 from proxy.gate.catalog import ModelCatalog, ModelNotUnderstood
 from proxy.gate.closed_loop import SpillCheck
 from proxy.gate.decision import (
@@ -49,12 +54,24 @@ from proxy.gate.explanation import (
     refusal_headers,
     refusal_text,
 )
+from proxy.gate.policy_answers import (
+    model_denied_text,
+    policy_answer,
+    queue_full_text,
+    queue_timeout_answer,
+    unload_denied_text,
+)
+from proxy.gate.policy_files import PolicyFiles
 from proxy.gate.pulls import PullGate
+from proxy.gate.queue import POLL, LoadQueue, Waiter
 from proxy.gate.reservations import ReservationLedger
 from proxy.gate.residency import Residency, Resident, VramgateLoad, model_key
+from proxy.gate.sharing import Evictable, evictable, quota_for
 from proxy.gate.sizing import model_facts, sizer_for, speed_for
+from proxy.gate.store_ops import screen_store_operation
 from proxy.gpu.probe import GpuProbe
 from proxy.gpu.snapshot import GpuSnapshot
+from proxy.identity.identify import Identifier, Identity
 from proxy.ollama import client as ollama_client
 from proxy.ollama.client import ModelUnknown, OllamaUnavailable
 from proxy.ollama.gojson import GoObject, GoRejects, Unreadable, encode
@@ -71,6 +88,7 @@ from proxy.ollama.requests import (
     transcription_model,
 )
 from proxy.ollama.versions import ServerSettings, server_settings
+from proxy.policy.resolve import UserRules, cap_keep_alive, format_go_duration, model_allowed
 
 log = structlog.get_logger("vramgate.gate")
 
@@ -80,6 +98,39 @@ TRANSCRIPTIONS = "/v1/audio/transcriptions"  # multipart; loads a model like /v1
 PULLS = {"/api/pull", "/api/create"}
 GATED = frozenset(NATIVE_LOAD | OPENAI_LOAD | PULLS | {TRANSCRIPTIONS})
 LOAD_INT_OPTIONS = ("num_ctx", "num_gpu", "num_batch", "main_gpu", "num_thread")
+KEEP_ALIVE_ROUTES = {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"}  # the rest carry none
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One load being judged: the request, the model, and who asks under which rules."""
+
+    request: AdmissionRequest
+    route: str  # "native" | "openai"
+    name: str
+    options: dict[str, Any]
+    desc: ModelDescription
+    who: Identity
+    rules: UserRules | None
+
+    @property
+    def priority(self) -> int:
+        return self.rules.priority if self.rules is not None else 0
+
+
+@dataclass(frozen=True)
+class _Judged:
+    decision: Admit | Refuse
+    token: int | None
+    snap: GpuSnapshot
+    evictable: dict[str, Evictable]
+
+
+class _HeldBack:
+    """It would fit, but loads of the same or higher priority are waiting: it queues behind them."""
+
+
+HELD_BACK = _HeldBack()
 
 
 class Gate:
@@ -103,11 +154,18 @@ class Gate:
         self._version = ""
         self._version_checked = 0.0
         self._tasks: set[asyncio.Task] = set()
+        self.queue = LoadQueue()
+        self.identifier = Identifier(loopback=settings.identify_loopback)
+        self.files = PolicyFiles(settings.policy_file, settings.tokens_file, self.identifier, self.queue.wake_all)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Raises what makes the gate unusable (the audit file); vramgate then exits saying why."""
+        """Raises what makes the gate unusable (the audit file, an invalid policy or tokens file);
+        vramgate then exits saying why."""
         self.audit.check()
+        self.files.load()
+        if self.settings.policy_file is not None or self.settings.tokens_file is not None:
+            self._spawn(self.files.watch())
         snap = await asyncio.to_thread(self.probe.start)
         await self._refresh_version()
         log.info(
@@ -117,7 +175,12 @@ class Gate:
             gpu_problem=snap.problem,
             on_no_gpu=self.settings.on_no_gpu,
             ollama_version=self._version or "unknown",
+            policy_file=str(self.settings.policy_file) if self.files.active else None,
         )
+
+    def reload(self) -> None:
+        """SIGHUP: reread the policy and tokens files now."""
+        self.files.reload("SIGHUP")
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -129,8 +192,27 @@ class Gate:
     def inspects(self, method: str, path: str) -> bool:
         return method == "POST" and path in GATED
 
+    def identify(self, authorization: str | None, peer: tuple[str, int] | None, ours: tuple[str, int] | None,
+                 connection: object | None = None) -> Identity:
+        return self.identifier.identify(authorization, peer, ours, connection)
+
+    def screen(self, method: str, path: str, who: Identity) -> Respond | None:
+        """Before the body is read: a store operation the user's policy does not allow is refused."""
+        rules = self.files.rules_for(who)
+        if rules is None:
+            return None
+        refused = screen_store_operation(method, path, who, rules)
+        if refused is not None:
+            status, text, reason, rule = refused
+            self.audit.event("request.refused", user=who.user, identity=who.source, route=path, method=method,
+                             status=status, reason=reason, rule=rule, explanation=text)
+            return policy_answer(path, status, text, {"reason": reason, "rule": rule, "user": who.user})
+        return None
+
     async def admit(self, request: AdmissionRequest) -> Forward | Respond:
         """Read the body as Ollama's Go decoder will, then judge exactly that."""
+        who = request.identity or Identity(request.client, "address", request.client)
+        asking.set((who.user, who.source))  # every decision event below carries who asked
         if request.path == TRANSCRIPTIONS:
             return await self._admit_transcription(request)
         if request.path.startswith("/v1/") and request.headers.get("Content-Encoding", "") == "zstd":
@@ -144,18 +226,23 @@ class Gate:
         if parsed.rejected is not None:  # Ollama answers it before loading or pulling anything
             return untouched(request, f"passed: Ollama answers {parsed.rejected.status}")
         if request.path in PULLS:
+            rules = self.files.rules_for(who)
+            if rules is not None and parsed.model.strip() and not (allowed := model_allowed(rules, parsed.model))[0]:
+                return self._denied_model(request, who, parsed.model, allowed[1])
             return await self.pulls.admit(request, parsed)
-        return await self._admit_load(request, parsed)
+        return await self._admit_load(request, parsed, who)
 
     # --- loads --------------------------------------------------------------------------------
-    async def _admit_load(self, request: AdmissionRequest, parsed: Parsed) -> Forward | Respond:
+    async def _admit_load(self, request: AdmissionRequest, parsed: Parsed, who: Identity) -> Forward | Respond:
         route = "openai" if request.path.startswith("/v1/") else "native"
         name = parsed.model
         if not name.strip():
             return canonical(parsed, "passed no model")  # Ollama: 400 model is required
+        rules = self.files.rules_for(who)
+        if rules is not None and not (allowed := model_allowed(rules, name))[0]:
+            return self._denied_model(request, who, name, allowed[1])
         if parsed.unload:
-            # never refused; the memory it frees is read afresh on the next decision
-            return Forward(parsed.body(), {"X-Vramgate-Decision": "unload"}, lambda status: self.probe.invalidate())
+            return self._unload(request, parsed, who, rules)
         options = decision_options(parsed.options)
         try:
             described = await self.catalog.describe(name)
@@ -167,33 +254,154 @@ class Gate:
             return self._cannot_judge(request, name, "a footprint for it", exc, status=501)
         if described.remote_host:
             return canonical(parsed, f"passed remote model ({described.remote_host})")
-        desc = described.description
-        assert desc is not None
+        assert described.description is not None
+        ask = _Ask(request, route, name, options, described.description, who, rules)
+        judged = await self._judge(ask, None)
+        if isinstance(judged, Respond):
+            return judged
+        if judged is HELD_BACK or (isinstance(judged, _Judged) and isinstance(judged.decision, Refuse)
+                                   and judged.decision.retryable and self.settings.queue_timeout > 0):
+            judged = await self._wait_in_queue(ask, judged if isinstance(judged, _Judged) else None)
+            if isinstance(judged, Respond):
+                return judged
+        assert isinstance(judged, _Judged)
+        if isinstance(judged.decision, Admit) and judged.decision.evicts and self.files.active:
+            await self._evict(ask, judged)
+        return self._answer(ask, parsed, judged)
+
+    async def _judge(self, ask: _Ask, waiter: Waiter | None) -> _Judged | _HeldBack | Respond:
+        """Read Ollama's state and the GPUs, then decide (and reserve) under the lock."""
         read_started = time.monotonic()  # Ollama's state and the GPUs, read before the lock
         try:
             ps_models = await ollama_client.ps(self.session, self.upstream, self.settings.probe_timeout)
         except OllamaUnavailable as exc:
-            return self._cannot_judge(request, name, "what Ollama holds (/api/ps)", exc)
+            return self._cannot_judge(ask.request, ask.name, "what Ollama holds (/api/ps)", exc)
         snap = await asyncio.to_thread(self.probe.snapshot)
         if not self._version:
             await self._refresh_version()
         server = self._server(snap)
         async with self._lock:  # the decision and the reservation only: no I/O in here
-            residents = self.residency.join(ps_models)
-            inputs = self._inputs(name, route, options, desc, snap, server, residents,
-                                  self.ledger.pending(read_started))
+            residents = tuple(self.residency.join(ps_models))
+            pending = self.ledger.pending(read_started)
+            may_evict = self._evictable(ask, residents, pending)
+            inputs = self._inputs(ask, snap, server, residents, pending, may_evict)
             self._report_expired()
             try:
                 decision = decide(inputs)
             except Exception as exc:  # a model the estimator cannot size must not take the proxy down
-                log.exception("gate.decision_failed", model=name, route=request.path)
-                return self._cannot_judge(request, name, "a decision", exc, status=500)
+                log.exception("gate.decision_failed", model=ask.name, route=ask.request.path)
+                return self._cannot_judge(ask.request, ask.name, "a decision", exc, status=500)
+            if isinstance(decision, Admit) and decision.need is not None and self.queue.holds_back(waiter, ask.priority):
+                return HELD_BACK
             token = None
             if isinstance(decision, Admit) and decision.need is not None and decision.per_gpu:
-                token = self.ledger.hold(Reservation(model_key(name), decision.per_gpu, decision.evicts))
+                token = self.ledger.hold(Reservation(model_key(ask.name), decision.per_gpu, decision.evicts,
+                                                     user=ask.who.user))
             if isinstance(decision, Admit):
-                self.residency.begin(name)
-        return self._answer(request, route, name, options, parsed, decision, token, snap)
+                self.residency.begin(ask.name, ask.who.user)
+        return _Judged(decision, token, snap, may_evict or {})
+
+    async def _wait_in_queue(self, ask: _Ask, first: _Judged | None) -> _Judged | Respond:
+        """Wait for room, first in line by priority then arrival; judged again whenever memory may
+        have come free. Every wait, admission after a wait and timeout is a decision event."""
+        user, rules = ask.who.user, ask.rules
+        limit = rules.max_queued if rules is not None and rules.max_queued is not None else self.settings.max_queued
+        if self.queue.count(user) >= limit:
+            rule = rules.rule("max_queued") if rules is not None and rules.max_queued is not None else "max_queued"
+            text = queue_full_text(user, ask.name, limit, rule)
+            self.audit.event("load.refused", model=ask.name, route=ask.request.path, status=429,
+                             reason="queue_full", rule=rule, explanation=text)
+            return policy_answer(ask.request.path, 429, text, {"reason": "queue_full", "rule": rule}, retry_after=10)
+        waiter = self.queue.join(user, ask.name, ask.priority)
+        last = first.decision if first is not None and isinstance(first.decision, Refuse) else None
+        self.audit.event("load.queued", model=ask.name, route=ask.request.path, priority=ask.priority,
+                         position=self.queue.position(waiter), reason=last.reason if last else "others_waiting",
+                         explanation=refusal_text(last) if last else "loads of the same or higher priority wait")
+        deadline = time.monotonic() + self.settings.queue_timeout
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                await self.queue.wait(waiter, min(remaining, POLL))
+                if not self.queue.is_first(waiter):
+                    continue
+                judged = await self._judge(ask, waiter)
+                if isinstance(judged, Respond):
+                    return judged
+                if isinstance(judged, _HeldBack):
+                    continue
+                if isinstance(judged.decision, Refuse) and judged.decision.retryable:
+                    last = judged.decision
+                    continue
+                self.audit.event("load.dequeued", model=ask.name, route=ask.request.path,
+                                 waited_s=round(self.queue.waited(waiter), 3),
+                                 outcome="admitted" if isinstance(judged.decision, Admit) else "refused")
+                return judged
+            return self._queue_timeout(ask, waiter, last)
+        finally:
+            self.queue.leave(waiter)
+
+    def _queue_timeout(self, ask: _Ask, waiter: Waiter, last: Refuse | None) -> Respond:
+        waited, position = self.queue.waited(waiter), self.queue.position(waiter)
+        if last is None:  # it always fitted but others ahead of it never went
+            text = (f"vramgate waited {waited:.0f} s in the queue (position {position}) behind loads of the same or"
+                    " higher priority, and they did not go in time. Retry in a moment.")
+            answer = policy_answer(ask.request.path, 503, text, {"reason": "queue_timeout", "waited_s": round(waited, 1)},
+                                   retry_after=10)
+        else:
+            answer, text = queue_timeout_answer(ask.request.path, last, waited, position)
+        self.audit.event("load.queue_timeout", model=ask.name, route=ask.request.path, status=503,
+                         reason="queue_timeout", waited_s=round(waited, 1), blocked_by=last.reason if last else None,
+                         explanation=text)
+        return answer
+
+    async def _evict(self, ask: _Ask, judged: _Judged) -> None:
+        """Unload the idle models this load counts on (``keep_alive: 0``), so Ollama does not pick
+        others itself. Each is a decision event with its reason."""
+        decision = judged.decision
+        assert isinstance(decision, Admit)
+        for name in sorted(decision.evicts):
+            why = judged.evictable.get(name)
+            try:
+                await ollama_client.unload(self.session, self.upstream, name)
+            except OllamaUnavailable as exc:
+                log.warning("gate.evict_failed", model=name, error=str(exc))
+                continue
+            self.audit.event("load.evicted", model=name, owner=why.owner if why else None,
+                             reason=why.why if why else "idle", for_user=ask.who.user, for_model=ask.name)
+        self.probe.invalidate()
+
+    def _evictable(self, ask: _Ask, residents: tuple[Resident, ...],
+                   pending: tuple[Reservation, ...]) -> dict[str, Evictable] | None:
+        """Whose idle models this load may push out (None: no policy, Ollama's own eviction applies)."""
+        if ask.rules is None:
+            return None
+
+        def rules_of(user: str) -> UserRules:
+            return self.files.rules_of_user(user) or ask.rules  # type: ignore[return-value]
+
+        return evictable(ask.who.user, ask.rules, residents, pending, rules_of, self.settings.cuda_context)
+
+    def _unload(self, request: AdmissionRequest, parsed: Parsed, who: Identity, rules: UserRules | None) -> Forward | Respond:
+        """Never refused by memory; once a policy exists, only its owner, a user of it or an admin may
+        unload a model someone else loaded."""
+        owner = self.residency.owner(parsed.model)
+        users = self.residency.users.get(model_key(parsed.model), set())
+        if rules is not None and not rules.is_admin and owner is not None and who.user not in users | {owner}:
+            text = unload_denied_text(who.user, parsed.model, owner)
+            self.audit.event("load.refused", model=parsed.model, route=request.path, status=403,
+                             reason="unload_denied", owner=owner, explanation=text)
+            return policy_answer(request.path, 403, text, {"reason": "unload_denied", "owner": owner})
+
+        def unloaded(status: int) -> None:
+            self.probe.invalidate()
+            self.queue.wake_all()
+
+        return Forward(parsed.body(), {"X-Vramgate-Decision": "unload"}, unloaded)
+
+    def _denied_model(self, request: AdmissionRequest, who: Identity, model: str, rule: str) -> Respond:
+        text = model_denied_text(who.user, model, rule)
+        self.audit.event("load.refused" if request.path not in PULLS else "pull.refused", model=model,
+                         route=request.path, status=403, reason="model_denied", rule=rule, explanation=text)
+        return policy_answer(request.path, 403, text, {"reason": "model_denied", "rule": rule, "user": who.user})
 
     def _cannot_judge(self, request: AdmissionRequest, name: str, what: str, exc: BaseException,
                       status: int = 503) -> Respond:
@@ -208,47 +416,70 @@ class Gate:
             log.warning("gate.reservation_expired", model=res.model)
         self.ledger.expired.clear()
 
-    def _inputs(self, name: str, route: str, options: dict[str, Any], desc: ModelDescription, snap: GpuSnapshot,
-                server: ServerSettings, residents: list[Resident], pending: tuple[Reservation, ...]) -> Inputs:
-        key = model_key(name)
+    def _inputs(self, ask: _Ask, snap: GpuSnapshot, server: ServerSettings, residents: tuple[Resident, ...],
+                pending: tuple[Reservation, ...], may_evict: dict[str, Evictable] | None) -> Inputs:
+        key = model_key(ask.name)
+        policy, rules = self.policy, ask.rules
+        quota = ctx_cap = None
+        if rules is not None:
+            if rules.allow_partial_offload is not None:
+                policy = replace(policy, allow_partial_offload=rules.allow_partial_offload)
+            quota = quota_for(ask.who.user, rules, key, residents, pending, policy.cuda_context)
+            if rules.max_num_ctx is not None:
+                ctx_cap = (rules.max_num_ctx, rules.rule("max_num_ctx"))
         return Inputs(
-            request=LoadRequest(key, route, options),  # type: ignore[arg-type]
-            model=model_facts(key, desc),
-            sizer=sizer_for(desc, server),
+            request=LoadRequest(key, ask.route, ask.options),  # type: ignore[arg-type]
+            model=model_facts(key, ask.desc),
+            sizer=sizer_for(ask.desc, server),
             server=server,
             gpus=snap,
-            residents=tuple(residents),
+            residents=residents,
             reservations=pending,
-            policy=self.policy,
-            correction=self.residency.correction(name),
-            speed=speed_for(desc, self.settings.host_bandwidth),
+            policy=policy,
+            correction=self.residency.correction(ask.name),
+            speed=speed_for(ask.desc, self.settings.host_bandwidth),
+            quota=quota,
+            evictable=None if may_evict is None else frozenset(may_evict),
+            ctx_cap=ctx_cap,
         )
 
-    def _answer(self, request: AdmissionRequest, route: str, name: str, options: dict[str, Any],
-                parsed: Parsed, decision: Admit | Refuse, token: int | None,
-                snap: GpuSnapshot) -> Forward | Respond:
+    def _answer(self, ask: _Ask, parsed: Parsed, judged: _Judged) -> Forward | Respond:
+        request, name, decision, snap = ask.request, ask.name, judged.decision, judged.snap
         common = {"client": request.client, "model": name, "route": request.path,
-                  "requested": load_options(options), "gpu_source": snap.source}
+                  "requested": load_options(ask.options), "gpu_source": snap.source}
         if snap.problem:
             common["gpu_problem"] = snap.problem
         if isinstance(decision, Refuse):
+            fields: dict[str, Any] = {}
+            if decision.quota is not None:
+                fields.update(rule=decision.quota.rule, quota_bytes=decision.quota.limit,
+                              held_bytes=decision.quota.held)
+            if decision.ctx_cap is not None:
+                fields.update(rule=decision.ctx_cap[1])
             self.audit.event(
                 "load.refused", **common, status=decision.status, reason=decision.reason,
                 need_bytes=decision.need.total if decision.need else None,
                 budget_bytes=[b.budget for b in decision.budgets], num_ctx=decision.requested_ctx,
-                retry_after=decision.retry_after, explanation=refusal_text(decision),
+                retry_after=decision.retry_after, explanation=refusal_text(decision), **fields,
             )
             body_bytes = refusal_body(decision)
             if request.path == "/v1/messages":
                 body_bytes = anthropic_error(body_bytes)
             return Respond(decision.status, body_bytes, refusal_headers(decision))
-        bound = parsed.bound
+        values = dict(parsed.bound.values)
         if not decision.unchanged:
-            bound = replace(bound, values={**bound.values, "options": decision.options})
-        forwarded_body = encode(bound.rebuild())  # what Ollama reads is what was judged, nothing else
+            values["options"] = decision.options
+        headers = dict(admit_headers(decision))
+        fields = dict(common, forwarded=load_options(decision.options), reason=decision.reason)
+        keep_alive = self._capped_keep_alive(ask, parsed)
+        if keep_alive is not None:
+            values["keep_alive"] = keep_alive[0]
+            headers["X-Vramgate-Keep-Alive"] = keep_alive[1]
+            fields.update(keep_alive_from=_shown(parsed.keep_alive), keep_alive_to=keep_alive[0],
+                          keep_alive_rule=ask.rules.rule("max_keep_alive") if ask.rules else None)
+        forwarded_body = encode(replace(parsed.bound, values=values).rebuild())  # what Ollama reads is what was judged
         event = {"rewritten": "load.rewritten", "sticky": "load.sticky", "resident": "load.resident"}.get(
             decision.reason, "load.admitted")
-        fields: dict[str, Any] = dict(common, forwarded=load_options(decision.options), reason=decision.reason)
         if decision.need is not None:
             fields.update(need_bytes=decision.need.total, per_gpu=[list(p) for p in decision.per_gpu],
                           budget_bytes=[b.budget for b in decision.budgets])
@@ -258,20 +489,38 @@ class Gate:
         if decision.note:
             fields["note"] = decision.note
         self.audit.event(event, **fields)
-        on_response, on_done = self._callbacks(name, decision, token)
-        return Forward(forwarded_body, admit_headers(decision), on_response, on_done)
+        on_response, on_done = self._callbacks(ask, decision, judged.token)
+        return Forward(forwarded_body, headers, on_response, on_done)
 
-    def _callbacks(self, name: str, decision: Admit, token: int | None) -> tuple[Any, Any]:
-        """``on_response``: Ollama answered, so the load is over (mark its reservation answered, check
-        it landed on the GPU); ``on_done``: the request is over, the model is idle again."""
+    def _capped_keep_alive(self, ask: _Ask, parsed: Parsed) -> tuple[Any, str] | None:
+        """``max_keep_alive``: a longer or negative keep_alive goes to Ollama as the cap (Ollama reads
+        keep_alive from every request, so this is the only way to stop one user pinning a model)."""
+        rules = ask.rules
+        if rules is None or rules.max_keep_alive_ns is None or ask.request.path not in KEEP_ALIVE_ROUTES:
+            return None
+        value, rewritten = cap_keep_alive(parsed.keep_alive, rules.max_keep_alive_ns)
+        if not rewritten:
+            return None
+        shown = f"{_shown(parsed.keep_alive)} -> {format_go_duration(rules.max_keep_alive_ns)}" \
+                f" (policy {rules.rule('max_keep_alive')})"
+        return value, shown
+
+    def _callbacks(self, ask: _Ask, decision: Admit, token: int | None) -> tuple[Any, Any]:
+        """``on_response``: Ollama answered, so the load is over (mark its reservation answered, record
+        who owns it, check it landed on the GPU); ``on_done``: the request is over, the model is idle again."""
+        name, user = ask.name, ask.who.user
 
         def on_done() -> None:
             self.residency.end(name)
+            self.queue.wake_all()
 
         def on_response(status: int) -> None:
             if token is not None:
                 self.ledger.answered(token)
             self.probe.invalidate()
+            self.queue.wake_all()
+            if status == 200 and decision.need is not None:
+                self.residency.record_owner(name, user)
             if status == 200 and decision.need is not None and not decision.unchanged:
                 load = VramgateLoad(decision.num_ctx or 0, int(decision.options.get("num_gpu", -1)),
                                     decision.per_gpu, decision.need.predicted_bytes)
@@ -299,7 +548,8 @@ class Gate:
             return _model_first(untouched(request, f"passed: Ollama answers {model.status}"), "", request.query)
         parsed = read_request("/v1/chat/completions", encode(GoObject([("model", model)])))
         assert not isinstance(parsed, (GoRejects, Unreadable))
-        decision = await self._admit_load(request, parsed)
+        who = request.identity or Identity(request.client, "address", request.client)
+        decision = await self._admit_load(request, parsed, who)
         if isinstance(decision, Respond):
             return decision
         return _model_first(replace(decision, body=request.body), model, request.query)
@@ -329,6 +579,11 @@ def build_admission(settings: Settings, session: aiohttp.ClientSession) -> Gate:
 
 
 # --- parsing helpers ----------------------------------------------------------------------------
+
+
+def _shown(raw: Any) -> str:
+    """A keep_alive value as the client wrote it, for headers and the log."""
+    return "absent" if raw is None else str(raw)
 
 
 def _model_first(forward: Forward, model: str, query: str) -> Forward:
