@@ -41,6 +41,7 @@ from proxy.gate.admission import (
     Respond,
 )
 from proxy.identity.identify import Identity
+from proxy.observe.metrics import Metrics
 from proxy.ollama.errors import JSON_TYPE, error_body, stream_error_line
 
 WHOLE_ANSWER = 64 * 1024  # answers of known length up to this are read whole, then sent in one write
@@ -78,6 +79,7 @@ class Relay:
         self._read_timeout = settings.read_timeout
         self._require_identity = settings.require_identity
         self.endpoints: Any = None  # vramgate's own /vramgate/... (proxy.edge.endpoints), set at start
+        self.metrics: Metrics = Metrics()  # the start-up replaces it with the one the status source exports
 
     def attach(self, admission: Admission) -> None:
         """Set the admission once the event loop runs (start-up)."""
@@ -127,6 +129,7 @@ class Relay:
 
     async def _admitted(self, request: web.BaseRequest, target: Target, started: float) -> web.StreamResponse:
         inspected = await _read_whole(request, self._max_inspected, self._body_timeout)
+        deciding = perf_counter()
         try:
             decision = await self._admission.admit(
                 AdmissionRequest(request.method, target.path, request.headers, inspected, _client(request),
@@ -135,6 +138,7 @@ class Relay:
             _log.exception("admission.failed", method=request.method, path=target.path)
             return self._answer(request, target.path, f"vramgate could not decide on this request: "
                                 f"{type(exc).__name__}: {exc}", 500, started, "admission_failed")
+        self.metrics.decision_latency(perf_counter() - deciding)  # (a queued load's wait included)
         if isinstance(decision, Respond):
             return self._respond(request, target.path, decision, started)
         headers = request_headers(request.raw_headers, body_replaced=True, drop_token=request[WHO].source == "token")
@@ -157,16 +161,20 @@ class Relay:
                 if on_response is not None:
                     on_response(upstream.status)
                     on_response = None
-                return await self._relay(request, target, upstream, forward, started, perf_counter() - started)
+                ttfb = perf_counter() - started
+                self.metrics.ttfb(ttfb)
+                return await self._relay(request, target, upstream, forward, started, ttfb)
         except (BodyStalled, BodyTooLarge, *BODY_ERRORS):
             raise
         except TimeoutError:
+            self.metrics.upstream_error("timeout")
             return self._answer(request, target.path, f"vramgate got no answer from the upstream Ollama at "
                                 f"{self.upstream} in time", 504, started, "upstream_timeout")
         except aiohttp.ClientError as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, (BodyStalled, BodyTooLarge, *BODY_ERRORS)):
                 raise cause from None  # the client's body failed, not the upstream
+            self.metrics.upstream_error("unreachable")
             return self._answer(request, target.path, f"vramgate cannot reach the upstream Ollama at "
                                 f"{self.upstream}: {_reason(exc)}", 502, started, "upstream_unreachable")
         finally:
@@ -194,6 +202,7 @@ class Relay:
         tail = b""
         last = b"\n"
         outcome = "ok"
+        self.metrics.stream_opened()
         try:
             await response.prepare(request)
             read, write = upstream.content.readany, response.write
@@ -210,6 +219,7 @@ class Relay:
             outcome = "client_gone"
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             outcome = "upstream_failed"
+            self.metrics.upstream_error("stream_broken")
             if ndjson and length is None and not done_seen:
                 why = (f"no data from the upstream for {self._read_timeout:g} s" if isinstance(exc, TimeoutError)
                        else _reason(exc))
@@ -229,6 +239,8 @@ class Relay:
                     outcome = "client_gone"
             elif request.transport is not None:
                 request.transport.abort()  # a truncated body must not look complete: cut the client off
+        finally:
+            self.metrics.stream_closed()
         self._log(request, target.path, upstream.status, sent, started, ttfb, outcome)
         return response
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import signal
 import socket
 import sys
@@ -30,12 +31,17 @@ from proxy.config.settings import Settings
 from proxy.edge.access_log import AccessLog
 from proxy.edge.cors import Cors
 from proxy.edge.host_guard import HostGuard, LocalNames
+from proxy.edge.endpoints import Endpoints
 from proxy.edge.relay import Relay
 from proxy.gate.admission import Admission, PassThrough
-from proxy.gate.service import (
-    build_admission,  # part of vramgate: an import error is a crash, never a mode
+from proxy.gate.service import (  # part of vramgate: an import error is a crash, never a mode
+    Gate,
+    build_admission,
 )
-from proxy.ollama.client import new_session
+from proxy.gate.status import GateStatus
+from proxy.observe.metrics import Metrics
+from proxy.ollama import client as ollama_client
+from proxy.ollama.client import OllamaUnavailable, new_session
 from proxy.ollama.errors import JSON_TYPE, error_body
 
 AdmissionFactory = Callable[[Settings, aiohttp.ClientSession], Admission]
@@ -212,6 +218,9 @@ async def start_server(
             except Exception as exc:
                 raise StartError(f"cannot start the fit gate: {exc}") from exc
         relay.attach(chosen)
+        source = GateStatus(chosen) if isinstance(chosen, Gate) else BareStatus(session, settings)
+        relay.metrics = source.metrics
+        relay.endpoints = Endpoints(source, settings.admin_token, listen_loopback=_loopback(host))
         await runner.setup()
         await web.SockSite(runner, sock).start()
     except BaseException:
@@ -221,6 +230,32 @@ async def start_server(
         raise
     bound_port = sock.getsockname()[1]
     return RunningProxy(runner, host, bound_port, chosen, session, access)
+
+
+class BareStatus:
+    """The status source when nothing is gated (tests of the relay alone): health and metrics only."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+        self._session, self._settings = session, settings
+        self.metrics = Metrics()
+
+    async def health(self) -> tuple[bool, str]:
+        try:
+            await ollama_client.version(self._session, self._settings.upstream, self._settings.probe_timeout)
+        except OllamaUnavailable as exc:
+            return False, f"Ollama at {self._settings.upstream} does not answer: {exc}"
+        return True, ""
+
+    async def status(self) -> dict[str, Any]:
+        return {"schema": 1, "upstream": self._settings.upstream, "gpus": [], "models": [], "queue": [],
+                "decisions": [], "problem": "nothing is gated (pass-through)"}
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -27,8 +27,8 @@ log = structlog.get_logger("vramgate.audit")
 # who the decision being made is for: (user, how identified), set by the gate per request
 asking: ContextVar[tuple[str, str] | None] = ContextVar("vramgate_asking", default=None)
 RECENT = 100
-_RECENT_FIELDS = ("user", "model", "route", "status", "reason", "explanation", "num_ctx_from", "num_ctx_to",
-                  "waited_s", "evicted", "for_user", "for_model")
+_RECENT_FIELDS = ("user", "model", "route", "status", "reason", "explanation", "num_ctx_from", "num_ctx_to")
+_RECENT_EXTRA = ("rule", "waited_s", "owner", "for_user", "for_model")  # kept when an event has them
 
 LOAD_OPTIONS = ("num_ctx", "num_gpu", "num_batch", "main_gpu", "use_mmap", "num_thread")
 _WARN = {"load.refused", "pull.refused", "load.spilled", "pull.check_failed", "load.queue_timeout", "request.refused"}
@@ -63,7 +63,9 @@ class Audit:
             fields = {"user": who[0], "identity": who[1], **fields}
         (log.warning if name in _WARN else log.info)(name, **fields)
         now = datetime.now(UTC).isoformat()
-        self.recent.append({"time": now, "event": name, **{k: fields.get(k) for k in _RECENT_FIELDS if k in fields}})
+        recent = {"time": now, "event": name, **{k: fields.get(k) for k in _RECENT_FIELDS}}
+        recent.update((k, fields[k]) for k in _RECENT_EXTRA if k in fields)
+        self.recent.append(recent)
         for listener in self.listeners:
             listener(name, fields)
         if self.path is None:
