@@ -20,6 +20,9 @@ RUN uv sync --frozen --no-dev
 ENV PATH="/app/.venv/bin:$PATH" \
     VRAMGATE_LISTEN=0.0.0.0:11434
 EXPOSE 11434
+# 200 while vramgate serves and its Ollama answers; 503 with the reason otherwise.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:11434/vramgate/health', timeout=4)"]
 USER nobody
 ENTRYPOINT ["vramgate"]
 CMD ["serve"]

@@ -73,3 +73,25 @@ def test_dockerfile_runs_the_console_script_on_the_published_port() -> None:
     assert "uv sync --frozen --no-dev" in text
     assert 'ENTRYPOINT ["vramgate"]' in text and "EXPOSE 11434" in text
     assert "VRAMGATE_LISTEN=0.0.0.0:11434" in text
+
+
+def test_vramgate_waits_for_a_healthy_ollama_and_reports_its_own_health(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    gate, ollama = services["vramgate"], services["ollama"]
+    assert gate["depends_on"] == {"ollama": {"condition": "service_healthy"}}
+    assert ollama["healthcheck"]["test"][0] == "CMD"
+    check = " ".join(gate["healthcheck"]["test"])
+    port = parse_listen(_env(gate)["VRAMGATE_LISTEN"])[1]
+    assert f"http://127.0.0.1:{port}/vramgate/health" in check
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "HEALTHCHECK" in dockerfile and f"127.0.0.1:{port}/vramgate/health" in dockerfile
+
+
+def test_the_ollama_image_is_pinned_to_a_version_the_sizing_rules_know(compose: dict[str, Any]) -> None:
+    from proxy.ollama.versions import UNKNOWN_VERSION, parse_version
+
+    image = compose["services"]["ollama"]["image"]
+    tag = image.partition(":")[2]
+    assert tag and tag != "latest", "pin Ollama: its memory logic changes between versions"
+    version = parse_version(tag)
+    assert version != UNKNOWN_VERSION and version >= (0, 30, 0)  # the llama-server era the rules model
