@@ -71,7 +71,6 @@ async def test_status_shows_who_holds_the_gpu_and_the_last_decisions(url):
 
 async def test_metrics_count_decisions_by_outcome_and_export_gpu_memory(url):
     await load_two(url)
-    await get(url, "/vramgate/status")  # (the GPU gauges come from the latest picture)
     status, body, headers = await get(url, "/vramgate/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value

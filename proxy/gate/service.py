@@ -266,7 +266,13 @@ class Gate:
                 return judged
         assert isinstance(judged, _Judged)
         if isinstance(judged.decision, Admit) and judged.decision.evicts and self.files.active:
-            await self._evict(ask, judged)
+            try:
+                await self._evict(ask, judged)
+            except asyncio.CancelledError:  # the client left: nothing will be forwarded, release the load
+                self.residency.end(ask.name)
+                if judged.token is not None:
+                    self.ledger.answered(judged.token)
+                raise
         return self._answer(ask, parsed, judged)
 
     async def _judge(self, ask: _Ask, waiter: Waiter | None) -> _Judged | _HeldBack | Respond:
