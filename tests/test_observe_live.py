@@ -98,3 +98,33 @@ async def test_own_endpoints_never_reach_ollama(url, emulator):
     for path in ("/vramgate", "/vramgate/", "/vramgate/nothing", "/vramgate/health"):
         await get(url, path)
     assert not [r for r in emulator.received() if r.path.startswith("/vramgate")]
+
+
+async def test_the_page_in_chromium_shows_the_readme_demo(url, tmp_path, request):
+    """The README's demo in a real browser: the refused 70B model, the shrunk context, who holds what."""
+    from tests.test_observe_page import ARTIFACTS, Browser, _announce, chromium_binary
+
+    browser = Browser(chromium_binary(), tmp_path)
+    await load_two(url)
+    doc = await browser.dom(url + "/vramgate/", budget_ms=4000)
+    assert doc.one("body").attrs.get("data-loaded") == "1"
+    bar = doc.one("div", "gpu", data_index="0").one("div", "bar")
+    segment = bar.one("div", "seg", data_kind="ollama")
+    assert segment.attrs["data-name"] == "llama3:8b" and segment.attrs["data-who"] == ME
+    kinds = {s.attrs["data-kind"]: int(s.attrs["data-bytes"]) for s in bar.all("div", "seg")}
+    assert list(kinds)[-3:] == ["unattributed", "reserve", "free"]
+    assert kinds["unattributed"] == 2 * 1024**3  # the static GPU's other programs (24 GiB total, 22 free)
+    assert kinds["reserve"] == 1024**3 and sum(kinds.values()) == 24 * 1024**3  # the bar adds up
+    (model,) = doc.all("tr", "model")
+    cells = model.cells()
+    assert cells[:3] == ["llama3:8b", ME, ME]
+    context = int(cells[3].replace(",", ""))
+    assert 2048 <= context < 131072  # the context vramgate shrank it to, not the million asked
+    rows = {r.attrs["data-event"]: r for r in doc.all("tr", "decision")}
+    assert "refused" in rows["load.refused"].classes and "llama3:70b" in rows["load.refused"].cells()
+    assert "507" in rows["load.refused"].cells() and "refused" not in rows["load.rewritten"].classes
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "status-page-live.png"
+    await browser.run(url + "/vramgate/", f"--screenshot={shot}", "--window-size=1280,900", budget_ms=4000)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _announce(request.config, f"status page (live, README demo) screenshot: {shot}")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from proxy import __version__
-from proxy.gate.decision import Holder, Inputs, LoadRequest, ModelFacts, gpu_budgets, holders
+from proxy.gate.decision import GpuBudget, Holder, Inputs, LoadRequest, ModelFacts, gpu_budgets, holders
 from proxy.gate.residency import Resident
 from proxy.observe.metrics import Metrics
 from proxy.ollama import client as ollama_client
@@ -56,7 +56,7 @@ class GateStatus:
         residents = tuple(gate.residency.join(ps_models))
         inp = Inputs(LoadRequest("", "native"), ModelFacts("", 1, 0, False), _no_sizer, gate._server(snap), snap,
                      residents, gate.ledger.pending(read_started), gate.policy)
-        budgets = {b.index: b.budget for b in gpu_budgets(inp, "")}
+        budgets = {b.index: b for b in gpu_budgets(inp, "")}
         held = holders(inp)
         status = {
             "schema": 1,
@@ -65,10 +65,8 @@ class GateStatus:
             "upstream": gate.upstream,
             "time": _iso(datetime.now(UTC)),
             "problem": problem or snap.problem,
-            "gpus": [{"index": g.index, "name": g.name, "total_bytes": g.total, "free_bytes": g.free,
-                      "reserve_bytes": gate.policy.reserve, "budget_bytes": max(0, budgets.get(g.index, 0)),
-                      "source": snap.source, "holders": [_holder(h) for h in held if h.gpu == g.index]}
-                     for g in snap.gpus],
+            "gpus": [_gpu(g.index, g.name, g.total, budgets[g.index], gate.policy.reserve, snap.source,
+                          [_holder(h) for h in held if h.gpu == g.index]) for g in snap.gpus],
             "models": [_model(r) for r in residents],
             "queue": gate.queue.snapshot(),
             "decisions": list(gate.audit.recent),
@@ -95,6 +93,15 @@ _OUTCOMES = {
 
 def _no_sizer(n_ctx: int, parallel: int, batch: int) -> Any:
     raise AssertionError("the status view sizes no load")
+
+
+def _gpu(index: int, name: str, total: int, b: GpuBudget, reserve: int, source: str,
+         held: list[dict[str, Any]]) -> dict[str, Any]:
+    """One GPU: ``free`` after what Ollama holds (static GPUs: vramgate charges it), ``budget`` what a
+    new load may take now without anything unloading, ``reclaimable`` what idle models would add."""
+    return {"index": index, "name": name, "total_bytes": total, "free_bytes": b.free, "reserve_bytes": reserve,
+            "budget_bytes": max(0, b.free - b.pending - reserve), "reclaimable_bytes": b.reclaimable,
+            "source": source, "holders": held}
 
 
 def _holder(h: Holder) -> dict[str, Any]:
