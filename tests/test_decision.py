@@ -7,7 +7,7 @@ code under test. The real estimator is exercised end to end in the gate tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -418,3 +418,19 @@ def test_context_steps(kw, expected):
 def test_sticky_and_resident_reuse_have_no_context_steps():
     sticky = decide(inputs(options={"num_ctx": 2048}, residents=[resident("m:latest", 5.5, load=STICKY, ctx=8192)]))
     assert isinstance(sticky, Admit) and sticky.reason == "sticky" and sticky.ctx_steps == ()
+
+
+def test_a_policy_num_ctx_cap_applies_to_the_server_default_too():
+    """The server's default context (32768 on 24 GiB) is what Ollama would load: over the user's
+    max_num_ctx a native load is lowered and says so, a /v1 load (no options) is refused 403,
+    naming the server default as where its context comes from."""
+    cap = (8192, "users.alice.max_num_ctx")
+    native = decide(replace(inputs(), ctx_cap=cap))
+    assert isinstance(native, Admit) and native.options["num_ctx"] == 8192
+    assert (native.requested_ctx, native.ctx_steps) == (32768, ((8192, "policy users.alice.max_num_ctx"),))
+    v1 = decide(replace(inputs(route="openai"), ctx_cap=cap))
+    assert isinstance(v1, Refuse)
+    assert (v1.status, v1.reason, v1.requested_ctx, v1.ctx_source, v1.ctx_cap) == (
+        403, "num_ctx_cap", 32768, "server default", cap)
+    within = decide(replace(inputs(route="openai", trained=8192), ctx_cap=cap))  # Ollama caps it to 8192 itself
+    assert isinstance(within, Admit) and within.unchanged

@@ -284,8 +284,11 @@ class _Load:
         """The context asked and sized, and the slots, as Ollama will work them out."""
         asked, asked_source = asked_ctx(inp)
         ctx, source = effective_ctx(inp)
-        if asked_source == "server default":  # Ollama's own pick by GPU size, not an ask
-            asked = ctx
+        if asked_source == "server default":  # Ollama's own pick by GPU size, not an ask: what Ollama
+            # loads (capped to the trained context as Ollama caps it), before any policy max_num_ctx,
+            # which /v1 cannot carry (``_over_ctx_cap``) and a native load says it rewrote
+            trained = inp.model.trained_ctx
+            asked = min(asked, trained) if trained else asked
         parallel = parallel_for(inp.model.architecture, inp.model.is_embedding, inp.server.parallel)
         return cls(inp, model_key(inp.request.model), asked, ctx, source, parallel)
 
@@ -411,8 +414,9 @@ def _over_ctx_cap(load: _Load) -> Refuse | None:
     r = next((r for r in load.inp.residents if r.name == load.key), None)
     if r is not None and r.fully_on_gpu and r.context_length is not None and r.context_length <= cap[0]:
         return None
+    source = load.source.removesuffix(f", capped by policy {cap[1]}")  # where the context Ollama would load comes from
     return Refuse(403, None, "num_ctx_cap", load.key, load.inp.request.route, requested_ctx=load.trained_capped,
-                  ctx_source=load.source, ctx_cap=cap, min_num_ctx=load.inp.policy.min_num_ctx)
+                  ctx_source=source, ctx_cap=cap, min_num_ctx=load.inp.policy.min_num_ctx)
 
 
 def _never_within_quota(load: _Load) -> Refuse | None:

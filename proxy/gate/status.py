@@ -78,7 +78,7 @@ class GateStatus:
         """Every decision event, counted by outcome, reason, route and user."""
         outcome = _OUTCOMES.get(name)
         if outcome is not None:
-            self.metrics.decision(outcome, fields.get("reason"), str(fields.get("route") or ""), fields.get("user"))
+            self.metrics.decision(outcome, fields.get("reason"), _route(fields.get("route")), fields.get("user"))
         if name == "load.dequeued" and isinstance(fields.get("waited_s"), (int, float)):
             self.metrics.queue_wait(float(fields["waited_s"]))
 
@@ -89,6 +89,15 @@ _OUTCOMES = {
     "load.queue_timeout": "queue_timeout", "load.evicted": "evicted", "load.spilled": "spilled",
     "pull.admitted": "pull_admitted", "pull.refused": "pull_refused",
 }
+
+
+def _route(path: object) -> str:
+    """The route as Ollama's router names it: a bounded label (a blob's digest is not)."""
+    text = str(path or "")
+    for prefix, param in (("/api/blobs/", ":digest"), ("/api/user/keys/", ":encodedKey")):
+        if text.startswith(prefix):
+            return prefix + param
+    return text
 
 
 def _no_sizer(n_ctx: int, parallel: int, batch: int) -> Any:
