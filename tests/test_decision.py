@@ -17,6 +17,7 @@ from proxy.gate.decision import (
     LoadRequest,
     ModelFacts,
     Policy,
+    Quota,
     Refuse,
     Reservation,
     decide,
@@ -434,3 +435,33 @@ def test_a_policy_num_ctx_cap_applies_to_the_server_default_too():
         403, "num_ctx_cap", 32768, "server default", cap)
     within = decide(replace(inputs(route="openai", trained=8192), ctx_cap=cap))  # Ollama caps it to 8192 itself
     assert isinstance(within, Admit) and within.unchanged
+
+
+# need(ctx) = 4 GiB weights + ctx/8192 GiB + 1 GiB (compute + CUDA context), as in the table above
+@pytest.mark.parametrize("limit,held,expected", [
+    # 7 GiB quota, nothing else held: 16384 tokens (4 + 2 + 1) fit the quota though the GPU has room for 32768
+    (7, 0, ("rewritten", 16384, "policy users.bob.max_vram")),
+    # 5 GiB: not even 2048 tokens (5.25 GiB) fit the whole quota: 403, waiting cannot help
+    (5, 0, ("refused", 403, "quota_too_small")),
+    # 8 GiB with 4 GiB held by his busy models: 2048 tokens (5.25) do not fit the 4 left: 429, wait for them
+    (8, 4, ("refused", 429, "over_quota")),
+    # 16 GiB: the quota is not what binds
+    (16, 0, ("admitted", 32768, None)),
+])
+def test_max_vram_quota(limit, held, expected):
+    quota = Quota("bob", limit * GiB, "users.bob.max_vram", held * GiB)
+    d = decide(replace(inputs(options={"num_ctx": 32768}), quota=quota))
+    if expected[0] == "refused":
+        assert isinstance(d, Refuse) and (d.status, d.reason) == expected[1:] and d.quota == quota
+    else:
+        assert isinstance(d, Admit) and (d.reason, d.num_ctx) == expected[:2]
+        assert d.ctx_steps == (((expected[1], expected[2]),) if expected[2] else ())
+
+
+def test_a_quota_unloads_the_users_own_idle_models_least_recently_used_first():
+    # 10 GiB quota; his idle models: a (3 GiB, idle 600 s), b (3 GiB, idle 60 s). A 32768 load needs 9 GiB:
+    # 9 + 6 > 10, so 5 GiB must go: a first (longest idle), then b
+    quota = Quota("bob", 10 * GiB, "users.bob.max_vram", 0, (("a:latest", 3 * GiB), ("b:latest", 3 * GiB)))
+    assert quota.to_unload(9 * GiB) == {"a:latest", "b:latest"}
+    assert quota.to_unload(6 * GiB) == {"a:latest"}  # 6 + 6 - 10 = 2 GiB over: a alone covers it
+    assert quota.to_unload(4 * GiB) == frozenset()

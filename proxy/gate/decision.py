@@ -329,7 +329,7 @@ class _Load:
         """A native load is shrunk to what fits, but never below ``floor``."""
         return self.native and fits >= self.floor
 
-    def steps_to(self, num_ctx: int) -> tuple[tuple[int, str], ...]:
+    def steps_to(self, num_ctx: int, lowered_by: str = "GPU memory") -> tuple[tuple[int, str], ...]:
         """Each lowering from the asked context to ``num_ctx`` with its reason (header and log)."""
         steps = []
         if self.asked > self.trained_capped:
@@ -337,7 +337,7 @@ class _Load:
         if self.trained_capped > self.ctx:
             steps.append((self.ctx, f"policy {self.inp.ctx_cap[1] if self.inp.ctx_cap else ''}".strip()))
         if num_ctx < self.ctx:
-            steps.append((num_ctx, "GPU memory"))
+            steps.append((num_ctx, lowered_by))
         return tuple(steps)
 
     @property
@@ -405,6 +405,15 @@ def _loaded_elsewhere(load: _Load, r: Resident) -> Admit | None:
     return Admit({}, True, "resident", num_ctx=load.ctx, requested_ctx=load.ctx)
 
 
+def _lowered_by(load: _Load, fits: int, budgets: tuple[GpuBudget, ...]) -> str:
+    """Why a load got a smaller context: the GPUs, or the user's max_vram (the GPUs had room for more)."""
+    quota = load.inp.quota
+    if quota is None:
+        return "GPU memory"
+    free_of_quota = _Load.of(replace(load.inp, quota=None)).largest_fitting(budgets)
+    return f"policy {quota.rule}" if free_of_quota is not None and free_of_quota > fits else "GPU memory"
+
+
 def _over_ctx_cap(load: _Load) -> Refuse | None:
     """/v1 carries no options, so a load whose context is over the user's max_num_ctx cannot be
     shrunk to it: refused (403) unless the model is already resident at a context within the cap."""
@@ -465,7 +474,7 @@ def _admit_smaller(load: _Load, fits: int, budgets: tuple[GpuBudget, ...]) -> Ad
     return Admit(
         _forward_options(load.inp.request.options, fits, load.inp.model.layers), False, "rewritten",
         num_ctx=fits, requested_ctx=load.asked, need=load.need_at(fits), per_gpu=placed,
-        evicts=load.evicts(placed, budgets), budgets=budgets, ctx_steps=load.steps_to(fits),
+        evicts=load.evicts(placed, budgets), budgets=budgets, ctx_steps=load.steps_to(fits, _lowered_by(load, fits, budgets)),
     )
 
 

@@ -35,6 +35,14 @@ def refusal_text(r: Refuse) -> str:
     ])
 
 
+def waiting_text(r: Refuse) -> str:
+    """Why a queued load waits: what it needs, what is free, who holds the rest (no advice: it waits)."""
+    if r.need is None:
+        return refusal_text(r)
+    return "".join([_needs_text(r, r.need).replace("vramgate refused to load", "waiting for room to load", 1),
+                    " but " + "; ".join(_gpu_text(b) for b in r.budgets) + ".", _held_text(r)])
+
+
 def _needs_text(r: Refuse, need: Need) -> str:
     """What the load needs at its context, part by part, so the numbers can be checked."""
     slots = f"{need.parallel} slot{'s' if need.parallel != 1 else ''}"

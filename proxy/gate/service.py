@@ -53,6 +53,7 @@ from proxy.gate.explanation import (
     refusal_body,
     refusal_headers,
     refusal_text,
+    waiting_text,
 )
 from proxy.gate.policy_answers import (
     model_denied_text,
@@ -322,7 +323,7 @@ class Gate:
         last = first.decision if first is not None and isinstance(first.decision, Refuse) else None
         self.audit.event("load.queued", model=ask.name, route=ask.request.path, priority=ask.priority,
                          position=self.queue.position(waiter), reason=last.reason if last else "others_waiting",
-                         explanation=refusal_text(last) if last else "loads of the same or higher priority wait")
+                         explanation=waiting_text(last) if last else "loads of the same or higher priority wait")
         deadline = time.monotonic() + self.settings.queue_timeout
         try:
             while (remaining := deadline - time.monotonic()) > 0:
