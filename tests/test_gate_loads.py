@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
-import json
 
 import aiohttp
 import ollama

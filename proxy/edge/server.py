@@ -30,8 +30,8 @@ from proxy.config.log_setup import configure_logging, get_logger
 from proxy.config.settings import Settings
 from proxy.edge.access_log import AccessLog
 from proxy.edge.cors import Cors
-from proxy.edge.host_guard import HostGuard, LocalNames
 from proxy.edge.endpoints import Endpoints
+from proxy.edge.host_guard import HostGuard, LocalNames
 from proxy.edge.relay import Relay
 from proxy.gate.admission import Admission, PassThrough
 from proxy.gate.service import (  # part of vramgate: an import error is a crash, never a mode
