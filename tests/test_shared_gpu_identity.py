@@ -71,10 +71,14 @@ async def test_a_client_run_as_another_uid_is_that_user(start) -> None:
     if os.getuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run a client as another uid")
     shared = await start(None)
-    code = ("import ollama, sys\n"
-            f"r = ollama.Client(host={shared.url!r}).generate(model='small:1b', prompt='hi',"
-            " options={'num_ctx': 4096})\n"
-            "sys.stdout.write(r.response)\n")
+    # the standard library only: uid 65534 may not be able to read this checkout's virtual environment
+    # (a clone in a private temporary directory), so the official client cannot be imported there
+    host, port = shared.url.removeprefix("http://").rsplit(":", 1)
+    code = ("import http.client, json, sys\n"
+            f"c = http.client.HTTPConnection({host!r}, {int(port)}, timeout=15)\n"
+            "c.request('POST', '/api/generate', json.dumps({'model': 'small:1b', 'prompt': 'hi', 'stream': False,"
+            " 'options': {'num_ctx': 4096}}), {'Content-Type': 'application/json'})\n"
+            "sys.stdout.write(json.loads(c.getresponse().read())['response'])\n")
     env = {k: v for k, v in os.environ.items() if k != "OLLAMA_API_KEY"}
     proc = await asyncio.create_subprocess_exec(
         "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code,
