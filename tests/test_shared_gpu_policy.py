@@ -77,13 +77,18 @@ async def test_models_and_deny_models_allow_and_refuse_naming_the_rule(start, em
     # a pull of a denied model is refused even for an admin, before the registry is asked
     pull = await shared.call("/api/pull", {"model": "llama3:70b", "stream": False}, user="alice")
     assert pull.status == 403 and "(rule default.deny_models)" in pull.body["error"]
+    # ... and so is a create made from it (a create pulls what it is made from when missing)
+    create = await shared.call("/api/create", {"model": "small:mine", "from": "llama3:70b", "stream": False}, user="alice")
+    assert create.status == 403 and "refused llama3:70b for alice" in create.body["error"]
 
     assert [r.json["model"] for r in emulator.received("/api/chat")] == ["llama3:8b", "small:1b", "qwen3:8b"]
     assert emulator.received("/v1/chat/completions") == [] and emulator.received("/api/pull") == []
     events = [(e["event"], e["user"], e["model"], e.get("rule")) for e in shared.events("load.refused", "pull.refused")]
     assert events == [("load.refused", u, m, r) for u, m, r in refused] + [
         ("load.refused", "bob", "llama3:8b", "users.bob.models"),
+        ("pull.refused", "alice", "llama3:70b", "default.deny_models"),
         ("pull.refused", "alice", "llama3:70b", "default.deny_models")]
+    assert emulator.received("/api/create") == []
 
 
 # --- max_num_ctx ---------------------------------------------------------------------------------

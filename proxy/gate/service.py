@@ -228,8 +228,11 @@ class Gate:
             return untouched(request, f"passed: Ollama answers {parsed.rejected.status}")
         if request.path in PULLS:
             rules = self.files.rules_for(who)
-            if rules is not None and parsed.model.strip() and not (allowed := model_allowed(rules, parsed.model))[0]:
-                return self._denied_model(request, who, parsed.model, allowed[1])
+            # the name pulled or created, and what a create is made from (it may be pulled too)
+            names = [parsed.model, str(parsed.bound.values.get("from", "")) if request.path == "/api/create" else ""]
+            for name in filter(str.strip, names):
+                if rules is not None and not (allowed := model_allowed(rules, name))[0]:
+                    return self._denied_model(request, who, name, allowed[1])
             return await self.pulls.admit(request, parsed)
         return await self._admit_load(request, parsed, who)
 
