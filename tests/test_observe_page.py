@@ -7,16 +7,19 @@ and queue rows, the decisions newest first with the refusal marked ``refused``, 
 from ``#token=``, the message when the status cannot be read, and that no name becomes markup.
 A screenshot is saved to ``artifacts/status-page.png``.
 
-Chromium is found as ``$VRAMGATE_CHROMIUM`` or on PATH. Without it the tests skip, except under CI
-(``$CI`` set), where they fail: ``.ci/run`` installs it.
+Chromium is found as ``$VRAMGATE_CHROMIUM`` or on PATH; where it is missing and the tests run as root
+on Debian, they install it with apt-get first (once). Without it the tests skip, except under CI
+(``$CI`` set), where they fail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import struct
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import nullcontext
@@ -42,8 +45,32 @@ _FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usag
 RUN_TIMEOUT_S = 90
 
 
+def _find() -> str | None:
+    return os.environ.get("VRAMGATE_CHROMIUM") or next(filter(None, map(shutil.which, _NAMES)), None)
+
+
+def _install_chromium() -> None:
+    """Debian's chromium, as root with apt-get, once per machine (workers wait on a lock): the test
+    command does its own set-up, like the oracle's build tools."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return
+    lock = Path(os.environ.get("VRAMGATE_CACHE", Path.home() / ".cache" / "vramgate")) / "chromium-install.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if _find() is None:
+            sys.stderr.write("\ninstalling Debian's chromium with apt-get (for the status page's tests)\n")
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+                           env=env, check=False, capture_output=True)
+
+
 def chromium_binary() -> str:
-    found = os.environ.get("VRAMGATE_CHROMIUM") or next(filter(None, map(shutil.which, _NAMES)), None)
+    found = _find()
+    if found is None:
+        _install_chromium()
+        found = _find()
     if found is None:
         message = ("Chromium is not installed: apt-get install chromium chromium-driver (Debian), "
                    "or set VRAMGATE_CHROMIUM to a Chrome/Chromium binary")
