@@ -17,8 +17,11 @@ COPY proxy ./proxy
 COPY config ./config
 RUN uv sync --frozen --no-dev
 
+# What vramgate learns of real load sizes survives restarts there (mount a volume on it).
+RUN mkdir -p /var/lib/vramgate && chown nobody /var/lib/vramgate
 ENV PATH="/app/.venv/bin:$PATH" \
-    VRAMGATE_LISTEN=0.0.0.0:11434
+    VRAMGATE_LISTEN=0.0.0.0:11434 \
+    VRAMGATE_STATE_DIR=/var/lib/vramgate
 EXPOSE 11434
 # 200 while vramgate serves and its Ollama answers; 503 with the reason otherwise.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \

@@ -95,3 +95,12 @@ def test_the_ollama_image_is_pinned_to_a_version_the_sizing_rules_know(compose: 
     assert tag and tag != "latest", "pin Ollama: its memory logic changes between versions"
     version = parse_version(tag)
     assert version != UNKNOWN_VERSION and version >= (0, 30, 0)  # the llama-server era the rules model
+
+
+def test_what_vramgate_learns_survives_a_restart_of_its_container(compose: dict[str, Any]) -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    state = next(line.split("=", 1)[1].strip() for line in dockerfile.splitlines()
+                 if "VRAMGATE_STATE_DIR=" in line)
+    assert f"chown nobody {state}" in dockerfile  # the image runs as nobody, who must write there
+    mounts = [str(v) for v in compose["services"]["vramgate"]["volumes"]]
+    assert any(m.split(":")[0] in compose["volumes"] and m.split(":")[1] == state for m in mounts)
