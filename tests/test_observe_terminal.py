@@ -111,3 +111,16 @@ def test_an_empty_or_partial_status_renders() -> None:
     odd = render({"schema": 1, "gpus": [{"index": 0}], "models": [{"name": "x"}],
                   "decisions": [{"time": "not a time", "status": None}], "queue": [{}]})
     assert "GPU 0  ?" in odd and "not a time" in odd
+
+
+def test_a_models_error_history_is_shown_when_there_is_one() -> None:
+    from tests.observe_status import status as fixture
+
+    data = fixture()
+    data["models"][0]["observed_history"] = [
+        {"time": "2026-12-01T11:00:00Z", "predicted_bytes": 1000, "observed_bytes": 1059, "num_ctx": 8192},
+        {"time": "2026-12-01T11:30:00Z", "predicted_bytes": 2000, "observed_bytes": 1990, "num_ctx": 4096}]
+    text = render(data, width=120)
+    name = data["models"][0]["name"]
+    assert f"  {name}: observed vs predicted, oldest first: +5.9% -0.5%" in text.splitlines()
+    assert "oldest first" not in render(fixture(), width=120)  # no history, no line

@@ -168,6 +168,19 @@ def _models(out: _Out, models: Sequence[Mapping[str, Any]]) -> None:
                      "busy" if m.get("busy") else f"idle {_duration(m.get('idle_s'))}"])
     _table(out, ["MODEL", "OWNER", "USERS", "CONTEXT", "KEEP-ALIVE", "PREDICTED", "OBSERVED", "DIFF", "STATE"],
            rows, right={3, 4, 5, 6, 7})
+    for m in models:
+        if errors := _history(m.get("observed_history") or ()):
+            out.line(f"  {m.get('name') or '?'}: observed vs predicted, oldest first: {' '.join(errors)}")
+
+
+def _history(history: Sequence[Mapping[str, Any]]) -> list[str]:
+    """How far each past load's observed size was from its prediction (``+5.9%``)."""
+    out = []
+    for o in history:
+        predicted, observed = o.get("predicted_bytes"), o.get("observed_bytes")
+        if isinstance(predicted, (int, float)) and isinstance(observed, (int, float)) and predicted > 0:
+            out.append(f"{(observed - predicted) / predicted * 100:+.1f}%")
+    return out
 
 
 def _queue(out: _Out, queue: Sequence[Mapping[str, Any]]) -> None:
