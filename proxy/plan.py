@@ -45,8 +45,9 @@ from proxy.gate.decision import (
     load_need,
     need_for,
 )
+from proxy.gate.observed import Observation, ObservedStore, store_path
 from proxy.gate.residency import model_key
-from proxy.gate.sizing import model_facts, sizer_for
+from proxy.gate.sizing import model_facts, run_for, sizer_for
 from proxy.gpu.snapshot import GpuSnapshot, static_snapshot
 from proxy.ollama import client as ollama_client
 from proxy.ollama.versions import ServerSettings, server_settings
@@ -92,6 +93,7 @@ class Plan:
     overhead: int
     gpu_bandwidth: float
     host_bandwidth: float
+    observed_history: tuple[Observation, ...] = ()  # what the gate saw of this model's digest (oldest first)
 
     @property
     def server(self) -> ServerSettings:
@@ -99,10 +101,7 @@ class Plan:
 
     @property
     def run(self) -> RunConfig:
-        kv = self.server.kv_cache_type
-        return RunConfig(num_ctx=self.need.num_ctx, parallel=self.need.parallel, kv_type_k=kv, kv_type_v=kv,
-                         flash_attention=self.server.flash_attention, num_batch=self.need.num_batch,
-                         num_ubatch=self.need.num_batch)
+        return run_for(self.server, self.need.num_ctx, self.need.parallel, self.need.num_batch)
 
     @property
     def fits(self) -> bool | None:
@@ -122,6 +121,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         model, version = _load_model(args, settings)
         plan = make_plan(args, settings, model, version)
+        if args.json:
+            plan = replace(plan, observed_history=_observed_history(args, settings, model))
         output = render_json(plan) if args.json else render_text(plan)
     except PlanError as exc:
         print(f"vramgate plan: {exc}", file=sys.stderr)
@@ -168,6 +169,28 @@ async def _ask_ollama(settings: Settings, model: str) -> tuple[dict[str, Any], s
         except ollama_client.OllamaUnavailable as exc:
             raise PlanError(f"cannot reach Ollama at {settings.upstream}: {exc}") from None
     return show, version
+
+
+def _observed_history(args: argparse.Namespace, settings: Settings, model: ModelDescription) -> tuple[Observation, ...]:
+    """What the gate observed of this model's digest, read from its store without changing it: the
+    digest from Ollama's /api/tags for a model read from Ollama, else the last one seen under its name."""
+    store = ObservedStore.open_read_only(store_path(settings.state_dir))
+    if store.empty:
+        return ()
+    name = model_key(model.name or args.model or "")
+    digest = asyncio.run(_digest(settings, name)) if args.model and not (args.show or args.gguf) else None
+    digest = digest or store.latest_digest(name)
+    return tuple(store.history(digest)) if digest else ()
+
+
+async def _digest(settings: Settings, name: str) -> str | None:
+    async with ollama_client.new_session(settings) as session:
+        try:
+            models = await ollama_client.tags(session, settings.upstream)
+        except ollama_client.OllamaUnavailable:
+            return None
+    return next((str(m.get("digest")) for m in models if model_key(str(m.get("model") or m.get("name"))) == name
+                 and m.get("digest")), None)
 
 
 def _describe_show(data: Any, name: str) -> ModelDescription:
@@ -243,7 +266,8 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "architecture": plan.model.architecture,
         "known_architecture": fp.known_architecture,
         **{k: v for k, v in asdict(fp).items() if k not in ("layer_bytes", "notes")},
-        "run": asdict(plan.run),
+        "run": {k: v for k, v in asdict(plan.run).items() if k != "rules"},
+        "rules": plan.run.rules.as_dict(),  # the llama.cpp generation whose allocation rules were used
         "charged_bytes": plan.need.total,  # what the gate charges one GPU: the buffers + a CUDA context
         "cuda_context_bytes": plan.need.cuda_context,
         "ollama_version": plan.server.version_text,
@@ -254,6 +278,8 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         "assumed": list(plan.assumed),
         "notes": list(fp.notes),
     }
+    if plan.observed_history:  # the gate's predicted vs observed sizes of this model, oldest first
+        out["observed_history"] = [o.as_dict() for o in plan.observed_history]
     if plan.vram is not None:
         budget = max(plan.vram - plan.inputs.policy.reserve, 0)
         out["vram_bytes"] = plan.vram
@@ -291,6 +317,10 @@ def render_text(plan: Plan) -> str:
     ]
     if d["projector_bytes"]:
         rows.append(("projector", format_bytes(d["projector_bytes"]), "vision/audio, offloaded too"))
+    if d["vision_compute_bytes"]:
+        side = d["vision_image_size"]
+        rows.append(("vision encoder", format_bytes(d["vision_compute_bytes"]),
+                     f"compute for a {side}x{side} image ({format_bytes(d['vision_reserve_bytes'])} at load)"))
     rows.append(("total on GPU", format_bytes(d["gpu_total_bytes"]),
                  f"num_ctx {d['num_ctx']} x {r.parallel} parallel"))
     rows.append(("charged by the gate", format_bytes(d["charged_bytes"]),
@@ -312,6 +342,7 @@ def render_text(plan: Plan) -> str:
     w1 = max(len(b) for _, b, _ in rows)
     lines = [title]
     lines += [f"  {a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
+    lines.append(f"llama.cpp rules: {plan.run.rules.name}")
     if plan.assumed:
         lines.append("assumed: " + "; ".join(plan.assumed))
     for note in d["notes"]:

@@ -70,6 +70,13 @@ def _quiet_logs() -> None:
     configure_logging("json", "warning")
 
 
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's gates and plans keep observed load sizes in a directory of their own, never in
+    the real ~/.local/state/vramgate (a correction learnt in one test must not change another)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def emulator() -> Emulator:
     emu = Emulator()

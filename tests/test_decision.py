@@ -42,6 +42,7 @@ class StubFootprint:
     projector_bytes: int = 0
     output_bytes: int = 0
     output_layer_bytes: int = 0
+    vision_compute_bytes: int = 0
 
     @property
     def gpu_weights_bytes(self) -> int:

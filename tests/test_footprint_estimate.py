@@ -111,7 +111,10 @@ def test_tied_embeddings_get_a_gpu_copy_and_projector_is_separate():
     assert fp.host_weights_bytes == token_embd
     assert fp.gpu_weights_bytes == fp.weights_bytes  # everything but the projector, embeddings copied
     assert fp.projector_bytes == projector > 700 * 1024**2
-    assert fp.gpu_total_bytes == fp.gpu_weights_bytes + projector + fp.kv_bytes + fp.compute_bytes
+    # the inline SigLIP encoder's compute buffer (clip measured 127139840 bytes with flash attention)
+    assert fp.vision_compute_bytes == 127139840
+    assert fp.gpu_total_bytes == (fp.gpu_weights_bytes + projector + fp.kv_bytes + fp.compute_bytes
+                                  + fp.vision_compute_bytes)
 
 
 def test_compute_grows_with_context_without_flash_attention():

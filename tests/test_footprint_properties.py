@@ -85,7 +85,9 @@ def test_max_num_ctx_is_the_largest_that_fits(name, run, budget):
 @given(name=st.sampled_from(NAMES), run=runs())
 def test_total_is_the_sum_of_its_parts(name, run):
     fp = estimate(model(name), run)
-    assert fp.gpu_total_bytes == fp.gpu_weights_bytes + fp.projector_bytes + fp.kv_bytes + fp.compute_bytes
+    assert fp.gpu_total_bytes == (fp.gpu_weights_bytes + fp.projector_bytes + fp.kv_bytes + fp.compute_bytes
+                                  + fp.vision_compute_bytes)
+    assert fp.vision_compute_bytes >= fp.vision_reserve_bytes
     assert fp.weights_bytes <= fp.gpu_weights_bytes + fp.host_weights_bytes
     assert sum(fp.layer_bytes) + fp.output_layer_bytes == fp.gpu_weights_bytes + fp.kv_bytes
     assert fp.num_ctx % 256 == 0 and fp.cells == fp.num_ctx * run.parallel

@@ -81,7 +81,7 @@ def test_example_config_documents_every_setting_with_its_default() -> None:
             assert lines[i - 1].startswith("# "), f"no comment line above {line!r}"
     from_example = load_settings(EXAMPLE)
     assert from_example == load_settings()  # the example holds the defaults
-    optional_paths = {"audit_file", "policy_file", "tokens_file", "admin_token"}  # unset by default: commented out
+    optional_paths = {"audit_file", "policy_file", "tokens_file", "admin_token", "state_dir"}  # unset by default: commented out
     assert set(tomllib.loads(text)) == set(Settings.model_fields) - optional_paths
 
 

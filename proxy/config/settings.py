@@ -98,6 +98,8 @@ class Settings(BaseSettings):
 
     # --- decision log -------------------------------------------------------------------------
     audit_file: Path | None = None
+    # --- what vramgate remembers across restarts (observed load sizes) ------------------------
+    state_dir: Path | None = None  # unset: $XDG_STATE_HOME/vramgate, else ~/.local/state/vramgate
 
     # --- who is asking, and per-user policy -----------------------------------------------------
     policy_file: Path | None = None  # unset: every client gets the same rules (the settings above)

@@ -34,10 +34,13 @@ UNKNOWN_MARGIN = 1.25  # unknown architectures: the no-flash-attention peak plus
 
 
 def logits_rows(model: ModelDescription, run: RunConfig, cells: Cells) -> int:
-    """Rows of logits in the reserve graph (llama-server's output limits unless overridden)."""
+    """Rows of logits in the reserve graph (llama-server's output limits unless overridden).
+
+    Before llama.cpp b9460 (``rules.output_rows == "batch"``) the reserve graph had an output for
+    every token of the micro-batch."""
     if run.logits_rows is not None:
         limit = run.logits_rows
-    elif model.is_embedding:
+    elif model.is_embedding or run.rules.output_rows == "batch":
         limit = cells.n_batch
     else:
         limit = max(1, min(cells.n_batch, run.parallel))

@@ -15,6 +15,7 @@ from typing import Any
 
 from proxy.footprint import architectures as archs
 from proxy.footprint.model import ModelDescription, Tensor
+from proxy.footprint.vision import VisionEncoder, encoder_from_projector, encoder_inline
 
 _LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)$")
 _ATTN_MARKERS = ("attn_q.", "attn_k.", "attn_qkv.", "attn_kv_a_mqa.", "attn_q_a.")
@@ -66,8 +67,14 @@ def describe(
     parameters: Mapping[str, Any] | None = None,
     name: str | None = None,
     projector_bytes: int = 0,
+    projector_metadata: Mapping[str, Any] | None = None,
 ) -> ModelDescription:
-    """The model as llama.cpp sizes it: each step below reads one group of hyper-parameters."""
+    """The model as llama.cpp sizes it: each step below reads one group of hyper-parameters.
+
+    ``projector_metadata``: the key/values of a separate projector GGUF (``/api/show``'s
+    ``projector_info``), whose ``clip.vision.*`` keys describe the vision encoder; without it an
+    encoder inline in the model (``v.*`` tensors, ``<arch>.vision.*`` keys) is read.
+    """
     prefix = str(metadata.get("general.architecture") or "unknown")
     arch = archs.ALIASES.get(prefix, prefix)  # the llama.cpp name the rules are keyed by
     k = _Keys(metadata, prefix)
@@ -125,6 +132,7 @@ def describe(
         causal=bool(k("attention.causal", True)),
         known_architecture=known,
         projector_bytes=projector_bytes,
+        vision=_vision_encoder(metadata, prefix, tensors, projector_metadata),
         parameters=MappingProxyType(dict(parameters or {})),
         name=name,
         file_type=_file_type(metadata.get("general.file_type")),
@@ -274,6 +282,18 @@ def _feed_forward_length(k: _Keys, by_layer: Mapping[int, Mapping[str, Tensor]],
     """The widest feed-forward layer: the key (scalar or per layer), else the ffn_up shapes."""
     ff = _per_layer(k("feed_forward_length"), n_layer)
     return max(ff) if ff else _ff_from_tensors(by_layer)
+
+
+def _vision_encoder(
+    metadata: Mapping[str, Any], prefix: str, tensors: tuple[Tensor, ...], projector: Mapping[str, Any] | None
+) -> VisionEncoder | None:
+    """The vision encoder of a separate projector, else one inline in the model file."""
+    if projector:
+        return encoder_from_projector(projector)
+    if not any(t.name.startswith("v.") for t in tensors):
+        return None
+    up = next((t for t in tensors if t.name == "v.blk.0.ffn_up.weight"), None)
+    return encoder_inline(metadata, prefix, _out_dim(up))
 
 
 def _is_embedding(k: _Keys, arch: str) -> bool:

@@ -16,6 +16,7 @@ from proxy.footprint.compute import compute_bytes as _compute_bytes
 from proxy.footprint.ggml_types import row_bytes
 from proxy.footprint.model import ModelDescription
 from proxy.footprint.run_config import RunConfig
+from proxy.footprint.vision import VisionCompute, vision_compute
 
 PAD = 256  # llama.cpp pads n_ctx (and each sequence's share) to 256 cells
 VISION_MIN_CTX = 2048  # Ollama raises num_ctx of models with a vision projector to this
@@ -30,7 +31,7 @@ class Footprint:
     kv_bytes: int  # attention KV cache + recurrent state
     compute_bytes: int  # GPU compute buffer (graph reserve worst case)
     output_bytes: int  # logits/embeddings output buffer (host, pinned)
-    gpu_total_bytes: int  # gpu weights + projector + kv + compute
+    gpu_total_bytes: int  # gpu weights + projector + kv + compute + vision compute
     layers: int  # block_count + 1, num_gpu for full offload
     num_ctx: int  # per sequence, after capping to the trained context and padding
     cells: int  # KV cells of a full-attention layer, all sequences together
@@ -41,6 +42,9 @@ class Footprint:
     attention_kv_bytes: int = 0
     recurrent_bytes: int = 0
     swa_cells: int = 0  # KV cells of a sliding-window layer (0 when there are none)
+    vision_compute_bytes: int = 0  # the vision encoder's compute buffer after the largest image (GPU)
+    vision_reserve_bytes: int = 0  # what that buffer is at load (llama-server's warmup image)
+    vision_image_size: int = 0  # side in px of the largest image it is sized for
 
 
 @dataclass(frozen=True)
@@ -120,15 +124,19 @@ def cells_for(model: ModelDescription, run: RunConfig) -> Cells:
     n_ctx_req = num_ctx * run.parallel
     n_batch = min(n_ctx_req, run.num_batch) if model.causal else run.num_batch
     n_ubatch = min(n_batch, run.num_ubatch)
-    n_ctx = pad(n_ctx_req)
-    n_ctx_seq = pad(n_ctx // run.parallel)
-    n_ctx = n_ctx_seq * run.parallel
+    rules = run.rules  # what changed between llama.cpp builds (proxy.footprint.rules)
+    streams = run.parallel if rules.kv_streams == "per_sequence" else 1
+    if rules.cell_padding == "context_and_sequence":
+        n_ctx_seq = pad(pad(n_ctx_req) // streams)
+    else:  # each stream's share, padded as llama_kv_cache::get_padding did: 256 with FA, 32 without
+        n_ctx_seq = pad(-(-n_ctx_req // streams), PAD if run.flash_attention else 32)
+    n_ctx = n_ctx_seq * streams
     swa = n_ctx_seq
-    if model.sliding_window > 0 and not run.swa_full:
+    if model.sliding_window > 0 and not run.swa_full and rules.swa_cells == "window":
         swa = pad(min(n_ctx_seq, model.sliding_window + n_ubatch))
     return Cells(
         num_ctx=n_ctx_seq,
-        streams=run.parallel,
+        streams=streams,
         swa=swa,
         n_ubatch=n_ubatch,
         n_batch=n_batch,
@@ -150,7 +158,7 @@ def kv_per_layer(model: ModelDescription, run: RunConfig, cells: Cells) -> tuple
             n_cells *= cells.streams
             k_width = _head_k(model, il) * model.head_count_kv[il]
             kv = row_bytes(run.kv_type_k, k_width) * n_cells
-            if not model.mla:
+            if not model.mla or run.rules.mla_v_cache:  # V-less MLA cache since llama.cpp PR #19067
                 v_width = v_max if v_trans else widths_v[il]
                 kv += row_bytes(run.kv_type_v, v_width) * n_cells
         r = rs if model.recurrent_layers and model.recurrent_layers[il] else 0
@@ -184,6 +192,8 @@ def output_buffer_bytes(model: ModelDescription, run: RunConfig) -> int:
 @lru_cache(maxsize=8192)
 def estimate(model: ModelDescription, run: RunConfig) -> Footprint:
     """Bytes of every buffer llama.cpp allocates for this model and run at full offload."""
+    if run.rules.largest_of:  # an upstream older than any known rule: the largest of them all
+        return largest_estimate(model, run)
     w = _weights(model)
     cells = cells_for(model, run)
     kv_layers = kv_per_layer(model, run, cells)
@@ -192,6 +202,8 @@ def estimate(model: ModelDescription, run: RunConfig) -> Footprint:
     attention_kv = sum(kv for kv, _ in kv_layers)
     recurrent = sum(r for _, r in kv_layers)
     compute = _compute_bytes(model, run, cells)
+    vision = _vision(model, run)
+    vision_bytes = vision.peak_bytes if vision else 0
     gpu_weights = sum(w.per_layer) + w.output_layer
     kv_total = attention_kv + recurrent
     notes = list(model.notes)
@@ -203,6 +215,9 @@ def estimate(model: ModelDescription, run: RunConfig) -> Footprint:
         notes.append(f"num_ctx raised to {VISION_MIN_CTX}: Ollama's minimum for vision models")
     elif cells.num_ctx != min(run.num_ctx, model.context_length or run.num_ctx):
         notes.append(f"context padded to {cells.num_ctx} cells per sequence (multiple of {PAD})")
+    if model.vision is not None and not model.vision.known:
+        notes.append(f"vision projector type {model.vision.projector_type!r} is not modelled: its "
+                     "compute buffer is a generic ViT bound plus a quarter, so it errs high")
     return Footprint(
         weights_bytes=w.total,
         gpu_weights_bytes=gpu_weights,
@@ -211,7 +226,7 @@ def estimate(model: ModelDescription, run: RunConfig) -> Footprint:
         kv_bytes=kv_total,
         compute_bytes=compute,
         output_bytes=output_buffer_bytes(model, run),
-        gpu_total_bytes=gpu_weights + w.projector + kv_total + compute,
+        gpu_total_bytes=gpu_weights + w.projector + kv_total + compute + vision_bytes,
         layers=model.layers,
         num_ctx=cells.num_ctx,
         cells=cells.num_ctx * cells.streams,
@@ -222,7 +237,27 @@ def estimate(model: ModelDescription, run: RunConfig) -> Footprint:
         attention_kv_bytes=attention_kv,
         recurrent_bytes=recurrent,
         swa_cells=cells.swa * cells.streams if model.sliding_window > 0 else 0,
+        vision_compute_bytes=vision_bytes,
+        vision_reserve_bytes=vision.warmup_bytes if vision else 0,
+        vision_image_size=vision.largest_image if vision else 0,
     )
+
+
+def _vision(model: ModelDescription, run: RunConfig) -> VisionCompute | None:
+    """The vision encoder's compute buffer (clip, on the GPU with the projector at full offload)."""
+    if model.vision is None:
+        return None
+    return vision_compute(model.vision, run.flash_attention)
+
+
+def largest_estimate(model: ModelDescription, run: RunConfig) -> Footprint:
+    """The footprint under the rule set among ``run.rules.largest_of`` that needs the most GPU memory."""
+    from dataclasses import replace
+
+    tried = [(estimate(model, replace(run, rules=r)), r) for r in run.rules.largest_of]
+    fp, chosen = max(tried, key=lambda pair: pair[0].gpu_total_bytes)
+    note = f"{run.rules.name}: sized with {chosen.name}"
+    return replace(fp, notes=(*fp.notes, note))
 
 
 def min_budget(model: ModelDescription, run: RunConfig) -> int:

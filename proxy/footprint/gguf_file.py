@@ -122,8 +122,15 @@ def read_gguf_header(path: str | Path) -> tuple[dict[str, Any], tuple[Tensor, ..
     return metadata, tuple(tensors)
 
 
-def description_from_gguf(path: str | Path, name: str | None = None) -> ModelDescription:
-    """Describe the model in a GGUF file; raises OSError/ValueError for unreadable files."""
+def description_from_gguf(
+    path: str | Path, name: str | None = None, projector: str | Path | None = None
+) -> ModelDescription:
+    """Describe the model in a GGUF file, with its separate projector (mmproj) GGUF if given;
+    raises OSError/ValueError for unreadable files."""
     metadata, tensors = read_gguf_header(path)
     label = name or metadata.get("general.name") or Path(path).stem
-    return describe(metadata, tensors, name=str(label))
+    if projector is None:
+        return describe(metadata, tensors, name=str(label))
+    proj_metadata, proj_tensors = read_gguf_header(projector)
+    return describe(metadata, tensors, name=str(label), projector_bytes=sum(t.nbytes for t in proj_tensors),
+                    projector_metadata=proj_metadata)

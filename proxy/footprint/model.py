@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from proxy.footprint.ggml_types import tensor_bytes
+from proxy.footprint.vision import VisionEncoder
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
@@ -106,6 +107,7 @@ class ModelDescription:
     causal: bool = True
     known_architecture: bool = True
     projector_bytes: int = 0  # a separate projector blob (Ollama projector_info); inline ones are tensors
+    vision: VisionEncoder | None = None  # the projector's vision encoder (its compute buffer: vision.py)
     parameters: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     name: str | None = None
     file_type: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proxy.footprint.ggml_types import KV_CACHE_TYPES
+from proxy.footprint.rules import NEWEST, RuleSet
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,9 @@ class RunConfig:
     ``logits_rows``: how many rows of logits the compute graph is reserved for. ``None`` means
     what llama-server does (one output per sequence, ``n_outputs_max = parallel``; embedding
     models: ``num_batch``); ``llama-fit-params`` and the library default reserve ``num_batch``.
+
+    ``rules``: the llama.cpp generation whose allocation rules apply (``proxy.footprint.rules``;
+    the newest by default, what the oracle suite measures).
     """
 
     num_ctx: int
@@ -29,6 +33,7 @@ class RunConfig:
     num_ubatch: int = 512
     logits_rows: int | None = None
     swa_full: bool = False  # llama-server default: SWA layers keep only the window
+    rules: RuleSet = NEWEST
 
     def __post_init__(self) -> None:
         if self.num_ctx < 1:

@@ -70,4 +70,5 @@ def description_from_show(show: dict[str, Any], name: str | None = None) -> Mode
         parameters=parse_parameters(show.get("parameters")),
         name=name,
         projector_bytes=projector_bytes(show.get("projector_info")),
+        projector_metadata=show.get("projector_info") if isinstance(show.get("projector_info"), dict) else None,
     )

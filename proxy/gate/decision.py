@@ -48,6 +48,8 @@ class FootprintLike(Protocol):
     def layer_bytes(self) -> Any: ...  # per repeating layer (tuple) or one size for all
     @property
     def output_layer_bytes(self) -> int: ...
+    @property
+    def vision_compute_bytes(self) -> int: ...  # the vision encoder's buffer, beside the projector
 
 
 # footprint at (num_ctx, parallel, num_batch); the gate binds the model and server settings
@@ -715,7 +717,8 @@ def place(sizer: Sizer, need: Need, budgets: tuple[GpuBudget, ...], policy: Poli
 def spread(fp: FootprintLike, ordered: list[GpuBudget], fixed_extra: int) -> tuple[tuple[int, int], ...] | None:
     """Pack repeating layers onto GPUs; every GPU used pays its own compute buffer and CUDA context.
 
-    The largest GPU takes the output layer and the projector; conservative by design.
+    The largest GPU takes the output layer and the projector (with its vision encoder's compute
+    buffer); conservative by design.
     """
     remaining = max(0, fp.layers - 1)
     layer = max(1, largest_layer(fp))
@@ -724,6 +727,7 @@ def spread(fp: FootprintLike, ordered: list[GpuBudget], fixed_extra: int) -> tup
         fixed = fp.compute_bytes + fixed_extra
         if i == 0:
             fixed += fp.output_layer_bytes + fp.output_bytes + fp.projector_bytes
+            fixed += fp.vision_compute_bytes  # clip's buffer goes with the projector
         room = b.budget - fixed
         if room < 0:
             if i == 0:

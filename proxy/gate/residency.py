@@ -60,6 +60,8 @@ class Residency:
     loads: dict[str, VramgateLoad] = field(default_factory=dict)
     in_flight: Counter = field(default_factory=Counter)
     corrections: dict[str, int] = field(default_factory=dict)  # model -> bytes above prediction
+    # model digest -> bytes above prediction, also from earlier runs (loaded from proxy.gate.observed)
+    learned: dict[str, int] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)  # model -> the user whose request loaded it
     users: dict[str, set[str]] = field(default_factory=dict)  # model -> who used it since
     last_used: dict[str, float] = field(default_factory=dict)  # model -> when its last request ended
@@ -90,14 +92,18 @@ class Residency:
     def record_load(self, model: str, load: VramgateLoad) -> None:
         self.loads[model_key(model)] = load
 
-    def observe(self, model: str, observed_bytes: int, predicted_bytes: int) -> None:
-        """Keep how much a real load exceeded the prediction (never lowers a prediction)."""
+    def observe(self, model: str, observed_bytes: int, predicted_bytes: int, digest: str = "") -> None:
+        """Keep how much a real load exceeded the prediction (never lowers a prediction); the
+        prediction is the footprint's own, without the correction it was given."""
         extra = max(0, observed_bytes - predicted_bytes)
         key = model_key(model)
         self.corrections[key] = max(self.corrections.get(key, 0), extra)
+        if digest:
+            self.learned[digest] = max(self.learned.get(digest, 0), extra)
 
-    def correction(self, model: str) -> int:
-        return self.corrections.get(model_key(model), 0)
+    def correction(self, model: str, digest: str = "") -> int:
+        """The model's correction: the larger of this run's and what its digest's loads showed before."""
+        return max(self.corrections.get(model_key(model), 0), self.learned.get(digest, 0) if digest else 0)
 
     def join(self, ps_models: list[dict]) -> list[Resident]:
         residents = []

@@ -55,6 +55,7 @@ from proxy.gate.explanation import (
     refusal_text,
     waiting_text,
 )
+from proxy.gate.observed import LoadConfig, ObservedStore, store_path
 from proxy.gate.policy_answers import (
     model_denied_text,
     policy_answer,
@@ -68,7 +69,7 @@ from proxy.gate.queue import POLL, LoadQueue, Waiter
 from proxy.gate.reservations import ReservationLedger
 from proxy.gate.residency import Residency, Resident, VramgateLoad, model_key
 from proxy.gate.sharing import Evictable, evictable, quota_for
-from proxy.gate.sizing import model_facts, sizer_for, speed_for
+from proxy.gate.sizing import model_facts, rules_for, sizer_for, speed_for
 from proxy.gate.store_ops import screen_store_operation
 from proxy.gpu.probe import GpuProbe
 from proxy.gpu.snapshot import GpuSnapshot
@@ -113,6 +114,7 @@ class _Ask:
     desc: ModelDescription
     who: Identity
     rules: UserRules | None
+    digest: str = ""  # the model's manifest digest (/api/tags): observed sizes are kept per digest
 
     @property
     def priority(self) -> int:
@@ -145,13 +147,14 @@ class Gate:
         self.probe = probe or GpuProbe(settings)
         self.audit = audit or Audit(settings.audit_file)
         self.residency = Residency()
+        self.observed = ObservedStore(store_path(settings.state_dir))  # opened by start()
         self.ledger = ReservationLedger()
         self._lock = asyncio.Lock()
         self.catalog = ModelCatalog(session, self.upstream, settings.probe_timeout)
         self.pulls = PullGate(session, self.registries, self.catalog, self.probe, self.policy, self.audit,
                               settings.pull_check_failure)
         self.spill_check = SpillCheck(session, self.upstream, settings.probe_timeout, self.residency, self._lock,
-                                      self.probe, self.audit, settings.unload_on_spill)
+                                      self.probe, self.audit, settings.unload_on_spill, self.observed)
         self._version = ""
         self._version_checked = 0.0
         self._tasks: set[asyncio.Task] = set()
@@ -168,6 +171,8 @@ class Gate:
         if self.settings.policy_file is not None or self.settings.tokens_file is not None:
             self._spawn(self.files.watch())
         snap = await asyncio.to_thread(self.probe.start)
+        await asyncio.to_thread(self.observed.open)  # never raises: a failing file is one warning
+        self.residency.learned.update(self.observed.corrections())  # what earlier runs learnt
         await self._refresh_version()
         log.info(
             "gate.started",
@@ -188,6 +193,7 @@ class Gate:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.observed.close()
 
     # --- Admission ----------------------------------------------------------------------------
     def inspects(self, method: str, path: str) -> bool:
@@ -259,7 +265,7 @@ class Gate:
         if described.remote_host:
             return canonical(parsed, f"passed remote model ({described.remote_host})")
         assert described.description is not None
-        ask = _Ask(request, route, name, options, described.description, who, rules)
+        ask = _Ask(request, route, name, options, described.description, who, rules, described.digest.partition("@")[0])
         judged = await self._judge(ask, None)
         if isinstance(judged, Respond):
             return judged
@@ -446,7 +452,7 @@ class Gate:
             residents=residents,
             reservations=pending,
             policy=policy,
-            correction=self.residency.correction(ask.name),
+            correction=self.residency.correction(ask.name, ask.digest),
             speed=speed_for(ask.desc, self.settings.host_bandwidth),
             quota=quota,
             evictable=None if may_evict is None else frozenset(may_evict),
@@ -499,7 +505,7 @@ class Gate:
         if decision.note:
             fields["note"] = decision.note
         self.audit.event(event, **fields)
-        on_response, on_done = self._callbacks(ask, decision, judged.token)
+        on_response, on_done = self._callbacks(ask, decision, judged.token, self._load_config(decision, snap))
         return Forward(forwarded_body, headers, on_response, on_done)
 
     def _capped_keep_alive(self, ask: _Ask, parsed: Parsed) -> tuple[Any, str] | None:
@@ -515,7 +521,16 @@ class Gate:
                 f" (policy {rules.rule('max_keep_alive')})"
         return value, shown
 
-    def _callbacks(self, ask: _Ask, decision: Admit, token: int | None) -> tuple[Any, Any]:
+    def _load_config(self, decision: Admit, snap: GpuSnapshot) -> LoadConfig | None:
+        """What the observed size of this load depends on, for the observation store."""
+        if decision.need is None:
+            return None
+        server = self._server(snap)
+        return LoadConfig(decision.num_ctx or decision.need.num_ctx, decision.need.num_batch, decision.need.parallel,
+                          server.kv_cache_type, server.flash_attention, rules_for(server).name)
+
+    def _callbacks(self, ask: _Ask, decision: Admit, token: int | None,
+                   config: LoadConfig | None = None) -> tuple[Any, Any]:
         """``on_response``: Ollama answered, so the load is over (mark its reservation answered, record
         who owns it, check it landed on the GPU); ``on_done``: the request is over, the model is idle again."""
         name, user = ask.name, ask.who.user
@@ -536,7 +551,7 @@ class Gate:
                                     decision.per_gpu, decision.need.predicted_bytes)
                 self.residency.record_load(name, load)
             if status == 200 and decision.need is not None:
-                self._spawn(self.spill_check.run(name, decision))
+                self._spawn(self.spill_check.run(name, decision, config))
 
         return on_response, on_done
 

@@ -8,6 +8,7 @@ description and the Ollama server's settings, and nowhere else. Pure.
 from __future__ import annotations
 
 from proxy.footprint import ModelDescription, RunConfig, decode_tokens_per_s, estimate
+from proxy.footprint.rules import RuleSet, rules_for_ollama
 from proxy.gate.decision import FootprintLike, ModelFacts, Sizer, Speed
 from proxy.ollama.versions import ServerSettings
 
@@ -17,14 +18,26 @@ def model_facts(key: str, desc: ModelDescription) -> ModelFacts:
                       desc.architecture)
 
 
+def rules_for(server: ServerSettings) -> RuleSet:
+    """The llama.cpp allocation rules of the Ollama version the server reports (newest when unknown)."""
+    return rules_for_ollama(server.version)
+
+
+def run_for(server: ServerSettings, num_ctx: int, parallel: int, num_batch: int,
+            rules: RuleSet | None = None) -> RunConfig:
+    """One load as Ollama launches llama-server for it (batch = ubatch), under its version's rules."""
+    kv = server.kv_cache_type
+    return RunConfig(num_ctx=num_ctx, parallel=parallel, kv_type_k=kv, kv_type_v=kv,
+                     flash_attention=server.flash_attention, num_batch=num_batch, num_ubatch=num_batch,
+                     rules=rules or rules_for(server))
+
+
 def sizer_for(desc: ModelDescription, server: ServerSettings) -> Sizer:
     """Footprint at (num_ctx, parallel, num_batch) as Ollama launches llama-server (batch = ubatch)."""
-    kv, fa = server.kv_cache_type, server.flash_attention
+    rules = rules_for(server)
 
     def size(num_ctx: int, parallel: int, num_batch: int) -> FootprintLike:
-        run = RunConfig(num_ctx=num_ctx, parallel=parallel, kv_type_k=kv, kv_type_v=kv, flash_attention=fa,
-                        num_batch=num_batch, num_ubatch=num_batch)
-        return estimate(desc, run)
+        return estimate(desc, run_for(server, num_ctx, parallel, num_batch, rules))
 
     return size
 

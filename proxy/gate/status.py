@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import __version__
 from proxy.gate.decision import GpuBudget, Holder, Inputs, LoadRequest, ModelFacts, gpu_budgets, holders
+from proxy.gate.observed import Observation
 from proxy.gate.residency import Resident
 from proxy.observe.metrics import Metrics
 from proxy.ollama import client as ollama_client
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from proxy.gate.service import Gate
 
 _FOREVER_AFTER = 100 * 365 * 86400  # a keep-alive this long is Ollama's "forever"
+HISTORY = 5  # observed loads shown per model (proxy.gate.observed keeps more)
 
 
 class GateStatus:
@@ -67,7 +69,7 @@ class GateStatus:
             "problem": problem or snap.problem,
             "gpus": [_gpu(g.index, g.name, g.total, budgets[g.index], gate.policy.reserve, snap.source,
                           [_holder(h) for h in held if h.gpu == g.index]) for g in snap.gpus],
-            "models": [_model(r) for r in residents],
+            "models": [_model(r, gate.observed.history(r.digest, HISTORY) if r.digest else []) for r in residents],
             "queue": gate.queue.snapshot(),
             "decisions": list(gate.audit.recent),
         }
@@ -119,11 +121,14 @@ def _holder(h: Holder) -> dict[str, Any]:
     return {"kind": h.kind, "name": h.name, "owner": h.user, "bytes": h.bytes, "busy": h.busy, "idle_s": h.idle_s}
 
 
-def _model(r: Resident) -> dict[str, Any]:
+def _model(r: Resident, history: list[Observation]) -> dict[str, Any]:
     return {"name": r.name, "owner": r.owner, "users": sorted(r.users), "size_bytes": r.size,
             "size_vram_bytes": r.size_vram, "predicted_bytes": r.load.predicted_bytes if r.load else None,
             "context_length": r.context_length, "expires_at": r.expires_at,
-            "keep_alive_left_s": _left(r.expires_at), "busy": r.busy, "idle_s": r.idle_s}
+            "keep_alive_left_s": _left(r.expires_at), "busy": r.busy, "idle_s": r.idle_s,
+            # its last loads through vramgate: the footprint's prediction against what /api/ps said
+            "observed_history": [{"time": o.iso_time, "predicted_bytes": o.predicted_bytes,
+                                  "observed_bytes": o.observed_bytes, "num_ctx": o.config.num_ctx} for o in history]}
 
 
 def _left(expires_at: str | None) -> float | None:

@@ -179,9 +179,20 @@ SCRIPT = r"""
               el("tbody", null, ...rows));
   }
 
+  // a model's last loads through vramgate: how far /api/ps's size was from the prediction, oldest first
+  function history(m) {
+    const seen = (m.observed_history || []).filter((o) => isNum(o.predicted_bytes) && isNum(o.observed_bytes) && o.predicted_bytes > 0);
+    const errs = seen.map((o) => { const e = (o.observed_bytes - o.predicted_bytes) / o.predicted_bytes * 100;
+                                   return (e >= 0 ? "+" : "") + e.toFixed(1) + "%"; });
+    const title = seen.map((o) => (o.time || "?") + " num_ctx " + o.num_ctx + ": predicted " + fmtBytes(o.predicted_bytes) +
+                                  ", observed " + fmtBytes(o.observed_bytes)).join("\n");
+    return el("td", {class: "num history", title: title || null}, errs.join(" "));
+  }
+
   function renderModels(models) {
+    const withHistory = models.some((m) => (m.observed_history || []).length > 0);
     return table([["Model"], ["Owner"], ["Users"], ["Context", "num"], ["Keep-alive left", "num"], ["Predicted", "num"],
-                  ["Observed (GPU)", "num"], ["Difference", "num"], ["State"]],
+                  ["Observed (GPU)", "num"], ["Difference", "num"], ["State"], ...(withHistory ? [["History", "num"]] : [])],
       models.map((m) => {
         const diff = isNum(m.predicted_bytes) && isNum(m.size_vram_bytes) && m.predicted_bytes > 0
           ? ((m.size_vram_bytes - m.predicted_bytes) / m.predicted_bytes * 100) : null;
@@ -193,7 +204,8 @@ SCRIPT = r"""
           el("td", {class: "num"}, keep), el("td", {class: "num"}, fmtBytes(m.predicted_bytes)),
           el("td", {class: "num"}, fmtBytes(m.size_vram_bytes)),
           el("td", {class: "num"}, diff === null ? "\u2014" : (diff >= 0 ? "+" : "") + diff.toFixed(1) + "%"),
-          m.busy ? el("td", {class: "busy"}, "busy") : el("td", {class: "nowrap"}, "idle " + fmtSecs(m.idle_s)));
+          m.busy ? el("td", {class: "busy"}, "busy") : el("td", {class: "nowrap"}, "idle " + fmtSecs(m.idle_s)),
+          withHistory ? history(m) : null);
       }), "No model is loaded.");
   }
 

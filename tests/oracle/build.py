@@ -7,7 +7,10 @@ libraries. Everything lands under $VRAMGATE_CACHE (default ~/.cache/vramgate). E
 when its result exists; builds happen in a temporary directory that is renamed into place only
 when complete, so an interrupted build is never mistaken for a finished one. A finished tree is
 pruned to what the tests and a probe rebuild need (llama-fit-params, build.ninja, the static
-libraries, the headers on the probe's include path), and the downloaded sdist is dropped.
+libraries, the headers on the probe's include path, the C++ sources of tools/mtmd), and the
+downloaded sdist is dropped. ``ensure_vision_probe`` then compiles tests/oracle/probe_vision.cpp
+with llama.cpp's clip (tools/mtmd) against the same static libraries (about a minute on 2 cores;
+a tree pruned before tools/mtmd was kept gets those sources from the sdist again).
 
 Progress (a line per step with the elapsed time, every 10% of the compile) goes through
 ``set_progress_writer`` (tests/conftest.py routes it past pytest's output capture) or to stderr.
@@ -41,6 +44,10 @@ SDIST_VERSION = "0.3.36"
 SDIST_DIR = f"llama_cpp_python-{SDIST_VERSION}"
 SDIST_DIR_TO_LLAMA = Path("vendor") / "llama.cpp"
 PROBE_SOURCE = Path(__file__).with_name("probe.cpp")
+VISION_PROBE_SOURCE = Path(__file__).with_name("probe_vision.cpp")
+#: llama.cpp's multimodal sources (clip.cpp, its headers, the encoder graphs in models/), kept in
+#: the pruned tree: the vision probe compiles clip.cpp into itself (its byte counters are private)
+MTMD_DIR = Path("tools") / "mtmd"
 CMAKE_FLAGS = [
     "-G", "Ninja",
     "-DCMAKE_BUILD_TYPE=Release",
@@ -142,7 +149,7 @@ def _step(what: str) -> Iterator[None]:
     log(f"{what}: done in {time.monotonic() - began:.0f} s")
 
 
-def _compile_progress(every: int = 10) -> Callable[[str], None]:
+def _compile_progress(every: int = 10, what: str = "llama.cpp") -> Callable[[str], None]:
     """An on_line callback logging each `every`% of ninja's "[done/total]" lines."""
     ninja_line = re.compile(r"^\[(\d+)/(\d+)\]")
     state = {"next": every}
@@ -154,7 +161,7 @@ def _compile_progress(every: int = 10) -> Callable[[str], None]:
         done, total = int(m[1]), int(m[2])
         percent = 100 * done // total
         if percent >= state["next"]:
-            log(f"compiling llama.cpp: {percent}% ({done}/{total} steps)")
+            log(f"compiling {what}: {percent}% ({done}/{total} steps)")
             state["next"] = (percent // every + 1) * every
 
     return on_line
@@ -237,17 +244,21 @@ def _prune(sdist_root: Path) -> None:
 
     Kept: BUILD/bin/llama-fit-params, BUILD/build.ninja (the probe's link line), the static
     libraries under BUILD, and the headers of PROBE_HEADER_DIRS. Everything else (the rest of the
-    sdist, sources, object files, CMake's files, llama.cpp's docs and vocab models) goes.
+    sdist, sources, object files, CMake's files, llama.cpp's docs and vocab models) goes, except the
+    C++ sources and headers of tools/mtmd, which the vision probe compiles (about 1 MB).
     Idempotent, so a tree pruned half-way (killed) is finished by the next call.
     """
     llama = sdist_root / SDIST_DIR_TO_LLAMA
     build = llama / "BUILD"
     keep_files = {build / "bin" / "llama-fit-params", build / "build.ninja"}
     header_dirs = tuple(llama / d for d in PROBE_HEADER_DIRS)
+    mtmd = llama / MTMD_DIR
 
     def wanted(path: Path) -> bool:
         if path in keep_files:
             return True
+        if path.is_relative_to(mtmd):
+            return path.suffix in (".cpp", ".h")
         if path.is_relative_to(build):
             return path.suffix == ".a"
         return path.suffix in (".h", ".hpp") and any(path.is_relative_to(d) for d in header_dirs)
@@ -341,7 +352,7 @@ def _build_probe(llama_root: Path, final: Path) -> None:
 
 def _remove_leftovers(cache: Path) -> None:
     """Temp dirs of builds killed mid-way (SIGKILL skips `finally`); safe: we hold the build lock."""
-    for pattern in (".build-*", ".sdist-*", ".stale-*", "oracle/.probe-*"):
+    for pattern in (".build-*", ".sdist-*", ".stale-*", ".mtmd-*", "oracle/.probe-*", "oracle/.vision-probe-*"):
         for leftover in cache.glob(pattern):
             log(f"removing leftover {leftover}")
             if leftover.is_dir():
@@ -383,7 +394,93 @@ def ensure_oracle() -> Oracle:
     return Oracle(llama_root, fit_params, probe)
 
 
+def _ensure_mtmd_sources(cache: Path, llama_root: Path) -> None:
+    """tools/mtmd's sources in the cached tree; a tree pruned before they were kept gets them from
+    the sdist (downloaded again when it is gone: about 75 MB, seconds)."""
+    mtmd = llama_root / MTMD_DIR
+    if (mtmd / "clip.cpp").exists() and (mtmd / "models" / "models.h").exists():
+        return
+    sdist = _ensure_sdist(cache)
+    tmp = Path(tempfile.mkdtemp(prefix=".mtmd-", dir=cache))
+    prefix = f"{SDIST_DIR}/{(SDIST_DIR_TO_LLAMA / MTMD_DIR).as_posix()}/"
+    try:
+        with _step(f"unpacking llama.cpp's {MTMD_DIR.as_posix()} sources from {sdist.name}"):
+            with tarfile.open(sdist) as tar:
+                members = [m for m in tar.getmembers()
+                           if m.name.startswith(prefix) and m.name.endswith((".cpp", ".h"))]
+                tar.extractall(tmp, members=members, filter="data")
+        if mtmd.exists():  # a partial copy: replace it whole
+            shutil.rmtree(mtmd)
+        mtmd.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / SDIST_DIR / SDIST_DIR_TO_LLAMA / MTMD_DIR, mtmd)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(cache / "sdist", ignore_errors=True)
+
+
+def _ninja_path(path: Path | str) -> str:
+    return str(path).replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
+
+
+def _build_vision_probe(llama_root: Path, final: Path) -> None:
+    """probe_vision.cpp (with clip.cpp inside) + the encoder graphs of tools/mtmd/models, linked
+    against the static ggml libraries. A generated ninja file compiles them in parallel at -O0:
+    the probe only builds and reserves graphs, it never computes (about 1 minute on 2 cores)."""
+    _ensure_debian_tools()
+    mtmd = llama_root / MTMD_DIR
+    include = " ".join(f"-I{_ninja_path(d)}" for d in
+                       (mtmd, llama_root / "include", llama_root / "ggml" / "include"))
+    libs = " ".join(_ninja_path(lib) for lib in _link_libraries(llama_root))
+    jobs = str(max(1, min(os.cpu_count() or 1, 4)))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".vision-probe-", dir=final.parent))
+    try:
+        lines = [
+            "rule cxx",
+            f"  command = g++ -std=c++17 -O0 -w {include} -c $in -o $out",
+            "rule link",
+            f"  command = g++ $in -o $out {libs} -fopenmp -lpthread",
+        ]
+        objects = []
+        for src in sorted((mtmd / "models").glob("*.cpp")):
+            obj = f"models-{src.stem}.o"
+            objects.append(obj)
+            lines.append(f"build {obj}: cxx {_ninja_path(src)}")
+        lines.append(f"build probe.o: cxx {_ninja_path(VISION_PROBE_SOURCE)}")
+        lines.append(f"build vision-probe: link probe.o {' '.join(objects)}")
+        (work / "build.ninja").write_text("\n".join(lines) + "\n")
+        with _step(f"compiling the vision probe ({VISION_PROBE_SOURCE.name}, clip and {len(objects)} "
+                   f"encoder graphs of {MTMD_DIR.as_posix()}, {jobs} jobs)"):
+            _run(["ninja", "-j", jobs], cwd=work, on_line=_compile_progress(25, "the vision probe"))
+        os.replace(work / "vision-probe", final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def ensure_vision_probe() -> Path:
+    """The vision probe binary, built (with llama.cpp first, when that is missing) once.
+
+    Keyed by probe_vision.cpp's hash like the text probe; shares the build lock and the cache.
+    """
+    oracle = ensure_oracle()
+    cache = cache_dir()
+    key = hashlib.sha256(VISION_PROBE_SOURCE.read_bytes()).hexdigest()[:12]
+    probe = cache / "oracle" / f"vramgate-vision-probe-{key}"
+    if probe.exists():
+        return probe
+    lock = cache / ".oracle-build.lock"
+    with file_lock(lock, f"another process is building the llama.cpp oracle (lock {lock}); waiting for it"):
+        if not probe.exists():
+            began = time.monotonic()
+            _remove_leftovers(cache)
+            _ensure_mtmd_sources(cache, oracle.llama_root)
+            _build_vision_probe(oracle.llama_root, probe)
+            log(f"vision probe ready in {_clock(time.monotonic() - began)}")
+    return probe
+
+
 if __name__ == "__main__":
     oracle = ensure_oracle()
     print(f"llama-fit-params: {oracle.fit_params}")
     print(f"probe:            {oracle.probe}")
+    print(f"vision probe:     {ensure_vision_probe()}")

@@ -31,7 +31,11 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def show_response(path: Path | str, verbose: bool = False, parameters: str = "") -> dict[str, Any]:
+def show_response(path: Path | str, verbose: bool = False, parameters: str = "",
+                  projector: Path | str | None = None) -> dict[str, Any]:
+    """``projector``: a separate projector GGUF (Ollama's projector layer), returned as
+    ``projector_info`` (its key/values as they are, arrays null without verbose) with the
+    ``vision`` capability."""
     kv, infos = read_metadata(path, keep_arrays=verbose)
     model_info = {key: _json_value(value) for key, value in kv.items() if key not in _DROPPED}
     tensors = [{"name": t.name, "type": t.type_name, "shape": list(t.shape)} for t in infos]
@@ -52,4 +56,8 @@ def show_response(path: Path | str, verbose: bool = False, parameters: str = "")
         "tensors": tensors,
         "capabilities": ["completion"],
     }
+    if projector is not None:
+        proj_kv, _ = read_metadata(projector, keep_arrays=verbose)
+        response["projector_info"] = {key: _json_value(value) for key, value in proj_kv.items()}
+        response["capabilities"].append("vision")
     return json.loads(json.dumps(response))  # exactly what a client decodes from the wire
