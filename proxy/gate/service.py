@@ -460,28 +460,37 @@ class Gate:
         )
 
     def _answer(self, ask: _Ask, parsed: Parsed, judged: _Judged) -> Forward | Respond:
-        request, name, decision, snap = ask.request, ask.name, judged.decision, judged.snap
-        common = {"client": request.client, "model": name, "route": request.path,
+        """The decision as the client gets it, logged with what it was asked and why."""
+        request, snap = ask.request, judged.snap
+        common = {"client": request.client, "model": ask.name, "route": request.path,
                   "requested": load_options(ask.options), "gpu_source": snap.source}
         if snap.problem:
             common["gpu_problem"] = snap.problem
-        if isinstance(decision, Refuse):
-            fields: dict[str, Any] = {}
-            if decision.quota is not None:
-                fields.update(rule=decision.quota.rule, quota_bytes=decision.quota.limit,
-                              held_bytes=decision.quota.held)
-            if decision.ctx_cap is not None:
-                fields.update(rule=decision.ctx_cap[1])
-            self.audit.event(
-                "load.refused", **common, status=decision.status, reason=decision.reason,
-                need_bytes=decision.need.total if decision.need else None,
-                budget_bytes=[b.budget for b in decision.budgets], num_ctx=decision.requested_ctx,
-                retry_after=decision.retry_after, explanation=refusal_text(decision), **fields,
-            )
-            body_bytes = refusal_body(decision)
-            if request.path == "/v1/messages":
-                body_bytes = anthropic_error(body_bytes)
-            return Respond(decision.status, body_bytes, refusal_headers(decision))
+        if isinstance(judged.decision, Refuse):
+            return self._refused(ask, judged.decision, common)
+        return self._forwarded(ask, parsed, judged, common)
+
+    def _refused(self, ask: _Ask, decision: Refuse, common: dict[str, Any]) -> Respond:
+        fields: dict[str, Any] = {}
+        if decision.quota is not None:
+            fields.update(rule=decision.quota.rule, quota_bytes=decision.quota.limit, held_bytes=decision.quota.held)
+        if decision.ctx_cap is not None:
+            fields.update(rule=decision.ctx_cap[1])
+        self.audit.event(
+            "load.refused", **common, status=decision.status, reason=decision.reason,
+            need_bytes=decision.need.total if decision.need else None,
+            budget_bytes=[b.budget for b in decision.budgets], num_ctx=decision.requested_ctx,
+            retry_after=decision.retry_after, explanation=refusal_text(decision), **fields,
+        )
+        body_bytes = refusal_body(decision)
+        if ask.request.path == "/v1/messages":
+            body_bytes = anthropic_error(body_bytes)
+        return Respond(decision.status, body_bytes, refusal_headers(decision))
+
+    def _forwarded(self, ask: _Ask, parsed: Parsed, judged: _Judged, common: dict[str, Any]) -> Forward:
+        """The body Ollama gets is the one judged, re-encoded: its options and keep_alive as decided."""
+        decision = judged.decision
+        assert isinstance(decision, Admit)
         values = dict(parsed.bound.values)
         if not decision.unchanged:
             values["options"] = decision.options
@@ -493,7 +502,7 @@ class Gate:
             headers["X-Vramgate-Keep-Alive"] = keep_alive[1]
             fields.update(keep_alive_from=_shown(parsed.keep_alive), keep_alive_to=keep_alive[0],
                           keep_alive_rule=ask.rules.rule("max_keep_alive") if ask.rules else None)
-        forwarded_body = encode(replace(parsed.bound, values=values).rebuild())  # what Ollama reads is what was judged
+        forwarded_body = encode(replace(parsed.bound, values=values).rebuild())
         event = {"rewritten": "load.rewritten", "sticky": "load.sticky", "resident": "load.resident"}.get(
             decision.reason, "load.admitted")
         if decision.need is not None:
@@ -505,7 +514,7 @@ class Gate:
         if decision.note:
             fields["note"] = decision.note
         self.audit.event(event, **fields)
-        on_response, on_done = self._callbacks(ask, decision, judged.token, self._load_config(decision, snap))
+        on_response, on_done = self._callbacks(ask, decision, judged.token, self._load_config(decision, judged.snap))
         return Forward(forwarded_body, headers, on_response, on_done)
 
     def _capped_keep_alive(self, ask: _Ask, parsed: Parsed) -> tuple[Any, str] | None:
