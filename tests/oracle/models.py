@@ -151,8 +151,13 @@ def write_gguf(spec: ModelSpec, path: Path) -> None:
 
 def model_path(spec: ModelSpec) -> Path:
     """The cached GGUF for this spec, written (atomically) when missing."""
+    return cached_gguf(f"{spec.name}-{spec.key()}.gguf", lambda tmp: write_gguf(spec, tmp))
+
+
+def cached_gguf(name: str, write: Callable[[Path], None]) -> Path:
+    """``models/<name>`` in the cache, made by ``write(tmp)`` then renamed into place when missing."""
     directory = cache_dir() / "models"
-    path = directory / f"{spec.name}-{spec.key()}.gguf"
+    path = directory / name
     if path.exists():
         return path
     directory.mkdir(parents=True, exist_ok=True)
@@ -161,10 +166,10 @@ def model_path(spec: ModelSpec) -> Path:
         if path.exists():
             return path
         began = time.monotonic()
-        fd, tmp = tempfile.mkstemp(prefix=f".{spec.name}-", suffix=".gguf", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=directory)
         os.close(fd)
         try:
-            write_gguf(spec, Path(tmp))
+            write(Path(tmp))
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -39,8 +39,8 @@ from typing import Any
 
 from gguf import GGUFValueType, GGUFWriter
 
-from .build import cache_dir, ensure_vision_probe, file_lock
-from .models import F16, F32, TensorSpec
+from .build import cache_dir, ensure_vision_probe
+from .models import F16, F32, TensorSpec, cached_gguf
 
 GENERATOR_VERSION = 1
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -291,23 +291,7 @@ def write_projector(spec: ProjectorSpec, path: Path) -> None:
 
 
 def projector_path(spec: ProjectorSpec) -> Path:
-    directory = cache_dir() / "models"
-    path = directory / f"mmproj-{spec.name}-{spec.key()}.gguf"
-    if path.exists():
-        return path
-    directory.mkdir(parents=True, exist_ok=True)
-    with file_lock(directory / ".write.lock", "another process is writing test models; waiting for it"):
-        if path.exists():
-            return path
-        fd, tmp = tempfile.mkstemp(prefix=f".mmproj-{spec.name}-", suffix=".gguf", dir=directory)
-        os.close(fd)
-        try:
-            write_projector(spec, Path(tmp))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return path
+    return cached_gguf(f"mmproj-{spec.name}-{spec.key()}.gguf", lambda tmp: write_projector(spec, tmp))
 
 
 def build_projector(name: str) -> tuple[ProjectorSpec, Path]:
