@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from proxy.config import log_setup
 from proxy.config.log_setup import configure_logging
 from proxy.config.settings import Settings, load_settings
 from proxy.edge.server import AdmissionFactory, RunningProxy, start_server
@@ -67,6 +68,9 @@ def _terminal_writer(config: pytest.Config) -> Callable[[str], None]:
 
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_logs() -> None:
+    # no cached loggers: a module's logger first used by one test must stay visible to a later
+    # test's structlog.testing.capture_logs (which order and xdist's distribution decide)
+    log_setup.CACHE_LOGGERS = False
     configure_logging("json", "warning")
 
 

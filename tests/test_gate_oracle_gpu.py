@@ -21,13 +21,13 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from proxy.gate.service import build_admission
 from tests.emulator import Emulator, LoadOptions
 from tests.emulator_gate import GiB, GpuModel, MiB
-from tests.oracle.fixtures import oracle  # noqa: F401  (the session fixture)
 from tests.oracle.gguf_meta import read_metadata
 from tests.oracle.measure import measure
 from tests.oracle.models import build
 from tests.oracle.show import show_response
 
 pytestmark = pytest.mark.oracle
+pytest_plugins = ["tests.oracle.fixtures"]  # the session `oracle` fixture: builds llama.cpp when missing
 
 # the oracle's real-shaped models (weights as sparse files), by the name the emulator serves them under
 MODELS = {
@@ -103,7 +103,7 @@ async def generate(url: str, model: str, num_ctx: int) -> tuple[int, dict]:
 
 @pytest.mark.parametrize("model", list(MODELS))
 async def test_the_longest_context_admitted_never_spills_by_llama_cpps_own_numbers(
-        oracle, start_proxy, emulator, paths, model, tmp_path):  # noqa: F811
+        oracle, start_proxy, emulator, paths, model, tmp_path):
     sizes = LlamaCppGpu(paths)
     gpu = GpuModel(emulator, FREE, sizes, cuda_context=CUDA, margin=RESERVE).install()
     audit = tmp_path / "audit.jsonl"
@@ -123,7 +123,7 @@ async def test_the_longest_context_admitted_never_spills_by_llama_cpps_own_numbe
     assert real + CUDA <= decision["need_bytes"] + SLACK, (model, admitted_ctx, real, decision["need_bytes"])
 
 
-async def test_concurrent_loads_never_overcommit_by_llama_cpps_own_numbers(oracle, start_proxy, emulator,  # noqa: F811
+async def test_concurrent_loads_never_overcommit_by_llama_cpps_own_numbers(oracle, start_proxy, emulator,
                                                                              paths):
     sizes = LlamaCppGpu(paths)
     gpu = GpuModel(emulator, FREE, sizes, cuda_context=CUDA, margin=RESERVE).install()

@@ -25,6 +25,9 @@ class LogOutput:
 
 
 _current = LogOutput(sys.stdout, True, logging.INFO)
+# Loggers are cached on first use (a filtered call then costs almost nothing). A test suite turns
+# this off: structlog's ``capture_logs`` cannot see a logger cached before it ran.
+CACHE_LOGGERS = True
 
 
 def configure_logging(log_format: str = "auto", log_level: str = "info", stream: TextIO | None = None) -> None:
@@ -45,7 +48,7 @@ def configure_logging(log_format: str = "auto", log_level: str = "info", stream:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[log_level]),
         logger_factory=structlog.WriteLoggerFactory(file=out),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS,
     )
     _current = LogOutput(out, not console, _LEVELS[log_level])
     _route_stdlib_logging(out, renderer, _LEVELS[log_level])
