@@ -197,14 +197,23 @@ async def test_max_keep_alive_per_user_and_through_the_ollama_client(start, emul
                                     options={"num_ctx": 4096})
     assert emulator.received("/api/chat")[-1].json["keep_alive"] == "4h0m0s"
     assert emulator.runners["small:1b"].keep_alive == 4 * 3600.0
-    await shared.client("alice").chat(model="small:1b", messages=[{"role": "user", "content": "hi"}], keep_alive=-1,
-                                      options={"num_ctx": 4096})  # the model is resident: sticky, still capped
-    assert emulator.received("/api/chat")[-1].json["keep_alive"] == "30m0s"
-    assert emulator.runners["small:1b"].keep_alive == 1800.0
+    # bob's model: alice's keep_alive does not change it, neither pinning it nor unloading it under him
+    for asked in (-1, 0, "1s"):
+        reply = await shared.call("/api/chat", {"model": "small:1b", "messages": [{"role": "user", "content": "hi"}],
+                                                "stream": False, "keep_alive": asked, "options": {"num_ctx": 4096}},
+                                  user="alice")
+        assert reply.status == 200 and reply.headers["X-Vramgate-Keep-Alive"] == f"{asked} -> kept (bob's model)"
+        assert emulator.received("/api/chat")[-1].json["keep_alive"] is None  # Go reads null as absent
+        assert emulator.runners["small:1b"].keep_alive == 4 * 3600.0  # still bob's 4 h, and still loaded
     await shared.client("alice").chat(model="small:1b", messages=[{"role": "user", "content": "hi"}],
                                       options={"num_ctx": 4096})  # absent: Ollama keeps the runner's own
     assert "keep_alive" not in emulator.received("/api/chat")[-1].json
-    assert emulator.runners["small:1b"].keep_alive == 1800.0
+    assert emulator.runners["small:1b"].keep_alive == 4 * 3600.0
+    # on her own model her keep_alive counts (capped by her rule)
+    await shared.client("alice").chat(model="small:3b", messages=[{"role": "user", "content": "hi"}], keep_alive=-1,
+                                      options={"num_ctx": 4096})
+    assert emulator.received("/api/chat")[-1].json["keep_alive"] == "30m0s"
+    assert emulator.runners["small:3b"].keep_alive == 1800.0
 
 
 # --- the model-store operations ------------------------------------------------------------------

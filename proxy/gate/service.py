@@ -496,12 +496,12 @@ class Gate:
             values["options"] = decision.options
         headers = dict(admit_headers(decision))
         fields = dict(common, forwarded=load_options(decision.options), reason=decision.reason)
-        keep_alive = self._capped_keep_alive(ask, parsed)
+        keep_alive = self._foreign_keep_alive(ask, parsed) or self._capped_keep_alive(ask, parsed)
         if keep_alive is not None:
             values["keep_alive"] = keep_alive[0]
             headers["X-Vramgate-Keep-Alive"] = keep_alive[1]
             fields.update(keep_alive_from=_shown(parsed.keep_alive), keep_alive_to=keep_alive[0],
-                          keep_alive_rule=ask.rules.rule("max_keep_alive") if ask.rules else None)
+                          keep_alive_rule=keep_alive[2])
         forwarded_body = encode(replace(parsed.bound, values=values).rebuild())
         event = {"rewritten": "load.rewritten", "sticky": "load.sticky", "resident": "load.resident"}.get(
             decision.reason, "load.admitted")
@@ -517,7 +517,7 @@ class Gate:
         on_response, on_done = self._callbacks(ask, decision, judged.token, self._load_config(decision, judged.snap))
         return Forward(forwarded_body, headers, on_response, on_done)
 
-    def _capped_keep_alive(self, ask: _Ask, parsed: Parsed) -> tuple[Any, str] | None:
+    def _capped_keep_alive(self, ask: _Ask, parsed: Parsed) -> tuple[Any, str, str] | None:
         """``max_keep_alive``: a longer or negative keep_alive goes to Ollama as the cap (Ollama reads
         keep_alive from every request, so this is the only way to stop one user pinning a model)."""
         rules = ask.rules
@@ -526,9 +526,20 @@ class Gate:
         value, rewritten = cap_keep_alive(parsed.keep_alive, rules.max_keep_alive_ns)
         if not rewritten:
             return None
-        shown = f"{_shown(parsed.keep_alive)} -> {format_go_duration(rules.max_keep_alive_ns)}" \
-                f" (policy {rules.rule('max_keep_alive')})"
-        return value, shown
+        rule = rules.rule("max_keep_alive")
+        return value, f"{_shown(parsed.keep_alive)} -> {format_go_duration(rules.max_keep_alive_ns)} (policy {rule})", rule
+
+    def _foreign_keep_alive(self, ask: _Ask, parsed: Parsed) -> tuple[Any, str, str] | None:
+        """Once a policy exists, a non-admin's keep_alive does not change a model someone else loaded:
+        ``keep_alive: 0`` (or ``"1s"``) on a shared model would unload it from under its owner. Sent
+        as null, which Ollama reads as absent: the model keeps the duration it has."""
+        rules = ask.rules
+        if rules is None or rules.is_admin or parsed.keep_alive is None or ask.request.path not in KEEP_ALIVE_ROUTES:
+            return None
+        owner = self.residency.owner(ask.name)
+        if owner is None or owner == ask.who.user:
+            return None
+        return None, f"{_shown(parsed.keep_alive)} -> kept ({owner}'s model)", f"owner {owner}"
 
     def _load_config(self, decision: Admit, snap: GpuSnapshot) -> LoadConfig | None:
         """What the observed size of this load depends on, for the observation store."""
