@@ -459,6 +459,13 @@ def test_max_vram_quota(limit, held, expected):
         assert d.ctx_steps == (((expected[1], expected[2]),) if expected[2] else ())
 
 
+def test_a_model_that_never_fits_the_gpus_is_507_whatever_the_quota():
+    # 30 GiB of weights never fit a 24 GiB GPU: that is the answer (507 too_big), not the 5 GiB quota
+    quota = Quota("bob", 5 * GiB, "users.bob.max_vram", 0)
+    d = decide(replace(inputs(weights=30 * GiB, options={"num_ctx": 8192}), quota=quota))
+    assert isinstance(d, Refuse) and (d.status, d.reason) == (507, "too_big")
+
+
 def test_a_quota_unloads_the_users_own_idle_models_least_recently_used_first():
     # 10 GiB quota; his idle models: a (3 GiB, idle 600 s), b (3 GiB, idle 60 s). A 32768 load needs 9 GiB:
     # 9 + 6 > 10, so 5 GiB must go: a first (longest idle), then b

@@ -439,6 +439,8 @@ def _never_within_quota(load: _Load) -> Refuse | None:
     need = load.need_at(smallest)
     if need.total <= quota.limit:
         return None
+    if place(load.inp.sizer, need, empty_budgets(load.inp), load.inp.policy, load.inp.correction) is None:
+        return None  # it never fits these GPUs at all, whoever asks: 507 says that, not the quota
     return Refuse(403, None, "quota_too_small", load.key, load.inp.request.route, requested_ctx=load.ctx,
                   ctx_source=load.source, need=need, quota=quota, min_num_ctx=load.inp.policy.min_num_ctx)
 
