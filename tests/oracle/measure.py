@@ -17,10 +17,14 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from .build import Oracle, cache_dir, ensure_oracle
+
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 
@@ -211,26 +215,34 @@ def measure_args(
     key = hashlib.sha256(
         json.dumps([oracle.identity, _model_identity(path), args, real_alloc]).encode()
     ).hexdigest()[:32]
-    if key in _memo:
-        return _memo[key]
+    def run() -> Measurement:
+        stdout, log, rc = run_probe(path, args, oracle, real_alloc)
+        if rc != 0 and '"error"' not in stdout:
+            raise OracleError(f"probe exited {rc}; llama.cpp log tail:\n" + "\n".join(log.splitlines()[-15:]))
+        return _parse(stdout, log, args)
+
+    return cached_measurement(key, _memo, _from_json, run)
+
+
+def cached_measurement(key: str, memo: dict[str, T], from_json: Callable[[dict], T], run: Callable[[], T]) -> T:
+    """A probe's result: from memory, else from ``measurements/<key>.json`` in the cache, else ``run()``
+    (then saved atomically: concurrent sessions never read half a file)."""
+    if key in memo:
+        return memo[key]
     disk = cache_dir() / "oracle" / "measurements" / f"{key}.json"
     if disk.exists():
         try:
-            result = _from_json(json.loads(disk.read_text()))
-            _memo[key] = result
+            result = memo[key] = from_json(json.loads(disk.read_text()))
             return result
         except (ValueError, TypeError, KeyError):
             disk.unlink(missing_ok=True)
-    stdout, log, rc = run_probe(path, args, oracle, real_alloc)
-    if rc != 0 and '"error"' not in stdout:
-        raise OracleError(f"probe exited {rc}; llama.cpp log tail:\n" + "\n".join(log.splitlines()[-15:]))
-    result = _parse(stdout, log, args)
+    result = run()
     disk.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".m-", suffix=".json", dir=disk.parent)
     with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(asdict(result)))
-    os.replace(tmp, disk)  # atomic: concurrent sessions never read half a file
-    _memo[key] = result
+        fh.write(json.dumps(asdict(result)))  # type: ignore[call-overload]  # (a dataclass)
+    os.replace(tmp, disk)
+    memo[key] = result
     return result
 
 

@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,18 +128,9 @@ def write_gguf(spec: ModelSpec, path: Path) -> None:
     for t in spec.tensors:
         # GGUFWriter takes numpy order (slowest dimension first) and reverses it on disk
         w.add_tensor_info(t.name, tuple(reversed(t.shape)), np.dtype(np.float32), t.nbytes, raw_dtype=t.type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    assert w.fout is not None
-    fout = w.fout[0]
-    align = w.data_alignment
-    w.write_padding(fout, fout.tell())
-    data_start = fout.tell()
+    fout = write_head(w)
     if spec.sparse:
-        total = data_start + sum(GGUFWriter.ggml_pad(t.nbytes, align) for t in spec.tensors)
-        fout.flush()
-        fout.truncate(total)
+        leave_data_as_hole(w, spec.tensors)
     else:
         rng = np.random.default_rng(int(spec.key(), 16) % (2**32))
         for t in spec.tensors:
@@ -147,6 +138,26 @@ def write_gguf(spec: ModelSpec, path: Path) -> None:
             data.tofile(fout)
             w.write_padding(fout, data.nbytes)
     w.close()
+
+
+def write_head(w: GGUFWriter) -> Any:
+    """Header, key/values and tensor infos, padded to where the tensor data starts; the open file."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    assert w.fout is not None
+    fout = w.fout[0]
+    w.write_padding(fout, fout.tell())
+    return fout
+
+
+def leave_data_as_hole(w: GGUFWriter, tensors: Iterable[TensorSpec]) -> None:
+    """The tensor data as a sparse hole of its full size: llama.cpp's no-alloc paths never read it."""
+    assert w.fout is not None
+    fout = w.fout[0]
+    total = fout.tell() + sum(GGUFWriter.ggml_pad(t.nbytes, w.data_alignment) for t in tensors)
+    fout.flush()
+    fout.truncate(total)
 
 
 def model_path(spec: ModelSpec) -> Path:

@@ -29,18 +29,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gguf import GGUFValueType, GGUFWriter
 
-from .build import cache_dir, ensure_vision_probe
-from .models import F16, F32, TensorSpec, cached_gguf
+from .build import ensure_vision_probe
+from .measure import cached_measurement
+from .models import F16, F32, TensorSpec, cached_gguf, leave_data_as_hole, write_head
 
 GENERATOR_VERSION = 1
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -278,15 +277,8 @@ def write_projector(spec: ProjectorSpec, path: Path) -> None:
 
     for t in spec.tensors:
         w.add_tensor_info(t.name, tuple(reversed(t.shape)), np.dtype(np.float32), t.nbytes, raw_dtype=t.type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    assert w.fout is not None
-    fout = w.fout[0]
-    w.write_padding(fout, fout.tell())
-    total = fout.tell() + sum(GGUFWriter.ggml_pad(t.nbytes, w.data_alignment) for t in spec.tensors)
-    fout.flush()
-    fout.truncate(total)
+    write_head(w)
+    leave_data_as_hole(w, spec.tensors)
     w.close()
 
 
@@ -392,29 +384,16 @@ def measure_projector(path: Path | str, args: list[str], probe: Path | None = No
     key = hashlib.sha256(json.dumps(
         [f"{probe}:{pst.st_size}:{pst.st_mtime_ns}", f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}", args]
     ).encode()).hexdigest()[:32]
-    if key in _memo:
-        return _memo[key]
-    disk = cache_dir() / "oracle" / "measurements" / f"vision-{key}.json"
-    if disk.exists():
-        try:
-            result = _from_json(json.loads(disk.read_text()))
-            _memo[key] = result
-            return result
-        except (ValueError, TypeError, KeyError):
-            disk.unlink(missing_ok=True)
-    proc = subprocess.run([str(probe), "-m", str(path), *args], capture_output=True, text=True, timeout=300,
-                          check=False)
-    if proc.returncode != 0 and '"error"' not in proc.stdout:
-        raise VisionOracleError(f"vision probe exited {proc.returncode}; clip log tail:\n"
-                                + "\n".join(proc.stderr.splitlines()[-15:]))
-    result = _parse(proc.stdout, proc.stderr, args)
-    disk.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".v-", suffix=".json", dir=disk.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(asdict(result)))
-    os.replace(tmp, disk)
-    _memo[key] = result
-    return result
+
+    def run() -> VisionMeasurement:
+        proc = subprocess.run([str(probe), "-m", str(path), *args], capture_output=True, text=True, timeout=300,
+                              check=False)
+        if proc.returncode != 0 and '"error"' not in proc.stdout:
+            raise VisionOracleError(f"vision probe exited {proc.returncode}; clip log tail:\n"
+                                    + "\n".join(proc.stderr.splitlines()[-15:]))
+        return _parse(proc.stdout, proc.stderr, args)
+
+    return cached_measurement("vision-" + key, _memo, _from_json, run)
 
 
 __all__ = [
