@@ -41,7 +41,7 @@ from proxy.gate.service import (  # part of vramgate: an import error is a crash
 from proxy.gate.status import GateStatus
 from proxy.observe.metrics import Metrics
 from proxy.ollama import client as ollama_client
-from proxy.ollama.client import OllamaUnavailable, new_session
+from proxy.ollama.client import new_session
 from proxy.ollama.errors import JSON_TYPE, error_body
 
 AdmissionFactory = Callable[[Settings, aiohttp.ClientSession], Admission]
@@ -240,11 +240,7 @@ class BareStatus:
         self.metrics = Metrics()
 
     async def health(self) -> tuple[bool, str]:
-        try:
-            await ollama_client.version(self._session, self._settings.upstream, self._settings.probe_timeout)
-        except OllamaUnavailable as exc:
-            return False, f"Ollama at {self._settings.upstream} does not answer: {exc}"
-        return True, ""
+        return await ollama_client.health(self._session, self._settings.upstream, self._settings.probe_timeout)
 
     async def status(self) -> dict[str, Any]:
         return {"schema": 1, "upstream": self._settings.upstream, "gpus": [], "models": [], "queue": [],

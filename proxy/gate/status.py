@@ -39,12 +39,7 @@ class GateStatus:
         gate.audit.listeners.append(self._count)
 
     async def health(self) -> tuple[bool, str]:
-        gate = self.gate
-        try:
-            await ollama_client.version(gate.session, gate.upstream, gate.settings.probe_timeout)
-        except OllamaUnavailable as exc:
-            return False, f"Ollama at {gate.upstream} does not answer: {exc}"
-        return True, ""
+        return await ollama_client.health(self.gate.session, self.gate.upstream, self.gate.settings.probe_timeout)
 
     async def status(self) -> dict[str, Any]:
         gate = self.gate

@@ -83,6 +83,15 @@ async def version(session: aiohttp.ClientSession, upstream: str, timeout: float 
     return str(data.get("version", "")) if isinstance(data, dict) else ""
 
 
+async def health(session: aiohttp.ClientSession, upstream: str, timeout: float = QUICK_TIMEOUT) -> tuple[bool, str]:
+    """(Ollama answers, why not): what ``/vramgate/health`` reports."""
+    try:
+        await version(session, upstream, timeout)
+    except OllamaUnavailable as exc:
+        return False, f"Ollama at {upstream} does not answer: {exc}"
+    return True, ""
+
+
 async def unload(session: aiohttp.ClientSession, upstream: str, model: str) -> None:
     """``keep_alive: 0`` with no prompt: Ollama unloads the model without loading anything."""
     await _json(session, "POST", f"{upstream}/api/generate", 30.0, {"model": model, "keep_alive": 0})
