@@ -23,6 +23,7 @@ from proxy.policy.rules import PolicyError, parse_policy
 log = structlog.get_logger("vramgate.policy")
 
 WATCH_EVERY = 2.0  # seconds between two looks at the files' modification times
+MAX_REMEMBERED = 4096  # identities (and their resolved rules) kept: clients are not all named users
 
 
 class PolicyFiles:
@@ -97,10 +98,13 @@ class PolicyFiles:
         """The rules that apply to ``identity`` (None: no policy file, everyone alike)."""
         if self.policy is None:
             return None
-        self._known.setdefault(identity.user, identity)
+        if identity.user not in self._known and len(self._known) < MAX_REMEMBERED:
+            self._known[identity.user] = identity
         key = (identity.user, identity.groups, identity.anonymous, identity.address)
         rules = self._rules.get(key)
         if rules is None:
+            if len(self._rules) >= MAX_REMEMBERED:  # many anonymous addresses: start again, never grow unbounded
+                self._rules.clear()
             who = Who(identity.user, identity.groups, identity.anonymous, identity.address)
             rules = self._rules[key] = resolve(self.policy, who)
         return rules
